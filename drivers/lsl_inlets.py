@@ -1,0 +1,394 @@
+"""IMU inlets: one LSL stream (one or several sensors) → chunks in contract units and layout.
+
+What this edge owns: mapping channels by label to (segment, gyr/acc axis), converting units from
+the stream's metadata, mapping remote timestamps onto the local LSL clock with time correction,
+dropping non-finite samples, trimming a backlog a slow consumer would otherwise fall behind on,
+and noticing (and surviving) a stream that disappears. What it leaves to the sync stage:
+dejittering and clock-offset smoothing (no liblsl post-processing flags are set on purpose).
+
+Every drop is counted in `ImuInlet.stats`; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pylsl
+from pylsl.util import LostError
+from pylsl.util import TimeoutError as LslTimeoutError
+
+from drivers.selectors import xpath_literal
+from drivers.units import channel_meta, unit_scale
+from fusion.skeleton import IMU_CHANNELS, SEGMENTS
+
+__all__ = ["ImuChunk", "ImuInlet", "StreamFormatError", "open_all"]
+
+log = logging.getLogger(__name__)
+
+#: How often the clock offset is refreshed (liblsl keeps estimating it in the background).
+TIME_CORRECTION_REFRESH_S = 1.0
+
+
+class StreamFormatError(ValueError):
+    """A stream whose channels cannot be mapped onto the contract layout."""
+
+
+@dataclass(frozen=True)
+class ImuChunk:
+    """Samples pulled from one stream, already in contract units and order.
+
+    timestamps: (N,) seconds on the local LSL clock (time correction added, no dejitter).
+    data: (N, len(segments), 6) float64, per sensor gyr_x gyr_y gyr_z [rad/s] then
+    acc_x acc_y acc_z [m/s², gravity included].
+    clock_offset: the time correction that was added to the sender's timestamps.
+    """
+
+    stream: str
+    timestamps: np.ndarray
+    data: np.ndarray
+    segments: tuple[str, ...]
+    clock_offset: float
+
+
+class ImuInlet:
+    """Wraps one LSL IMU stream; `open()` then call `pull()` often (every few ms to ~100 ms).
+
+    stats counters: samples (delivered), bad_nonfinite (samples with NaN/inf removed),
+    backlog_trimmed (oldest samples dropped because more than `max_backlog_s` was queued),
+    lost (times the stream went away), recovered (times it came back).
+
+    A stream counts as lost when liblsl says so (LostError: no source_id, recovery
+    impossible) or, for a regular-rate stream, when no sample arrived for `lost_after_s`.
+    liblsl reconnects streams that have a source_id by itself (recover=True); for the others
+    this class re-resolves in the background and rebuilds the inlet.
+    """
+
+    def __init__(
+        self,
+        info: pylsl.StreamInfo,
+        segments: list[str],
+        *,
+        max_backlog_s: float = 0.5,
+        max_buflen_s: int = 10,
+        lost_after_s: float = 1.0,
+        label: str | None = None,
+    ) -> None:
+        self.info = info
+        self.segments: tuple[str, ...] = tuple(segments)
+        self.max_backlog_s = float(max_backlog_s)
+        self.max_buflen_s = int(max_buflen_s)
+        self.lost_after_s = float(lost_after_s)
+        self.name: str = label or info.name()
+        self.stats: Counter[str] = Counter()
+        self.notes: list[str] = []
+        self.up = False
+        self.last_sample_time: float | None = None  # local clock of the last good pull
+        self.rate = float(info.nominal_srate())
+
+        if not self.segments:
+            raise ValueError(f"stream {self._where()}: no segments given")
+        unknown = [s for s in self.segments if s not in SEGMENTS]
+        if unknown or len(set(self.segments)) != len(self.segments):
+            raise ValueError(
+                f"stream {self._where()}: segments {list(self.segments)} must be distinct names "
+                f"from fusion.skeleton.SEGMENTS (unknown: {unknown})"
+            )
+        if info.channel_format() == pylsl.cf_string:
+            raise StreamFormatError(f"stream {self._where()}: string channels, IMU needs numbers")
+        self.n_channels = info.channel_count()
+        self.needed = 6 * len(self.segments)
+        if self.n_channels < self.needed:
+            raise StreamFormatError(
+                f"stream {self._where()}: {self.n_channels} channels, but "
+                f"{len(self.segments)} segment(s) {list(self.segments)} need {self.needed} "
+                "(6 per sensor: gyr xyz, acc xyz)"
+            )
+
+        self.channel_index: np.ndarray | None = None  # (6*n_seg,) raw channel per output
+        self.scale: np.ndarray | None = None  # (6*n_seg,) factor to rad/s, m/s²
+        self._inlet: pylsl.StreamInlet | None = None
+        self._buf: np.ndarray | None = None
+        self._cap = 0
+        self._offset = 0.0
+        self._offset_at = -math.inf
+        self._lost = False
+        self._lost_since = 0.0
+        self._last_data = 0.0
+        self._resolver: pylsl.ContinuousResolver | None = None
+        self._lost_uid = ""
+
+    # ------------------------------------------------------------------ setup
+
+    def _where(self) -> str:
+        sid = self.info.source_id()
+        return f"'{self.name}'" + (f" (source_id '{sid}')" if sid else "")
+
+    def _build_mapping(self, full_info: pylsl.StreamInfo) -> None:
+        """Map contract channels to raw channels by label, and read their units."""
+        metas = channel_meta(full_info)
+        labels = [m["label"].lower() for m in metas]
+        if not any(labels):
+            if self.n_channels != self.needed:
+                raise StreamFormatError(
+                    f"stream {self._where()}: no channel labels and {self.n_channels} channels; "
+                    f"without labels exactly {self.needed} (6 × {len(self.segments)} "
+                    "segments, contract order) are accepted"
+                )
+            index = list(range(self.needed))
+            self._note("no channel labels; assuming contract order " + " ".join(IMU_CHANNELS))
+        else:
+            where: dict[str, int] = {}
+            for i, lab in enumerate(labels):
+                if lab:
+                    where.setdefault(lab, i)
+            index, missing = [], []
+            for seg in self.segments:
+                for ch in IMU_CHANNELS:
+                    names = [f"{seg}_{ch}"] + ([ch] if len(self.segments) == 1 else [])
+                    hit = next((where[n] for n in names if n in where), None)
+                    if hit is None:
+                        missing.append(names[-1])
+                    else:
+                        index.append(hit)
+            if missing:
+                raise StreamFormatError(
+                    f"stream {self._where()}: channel labels {missing} not found among "
+                    f"{[m['label'] for m in metas]}"
+                )
+        scale, unitless = [], []
+        for k, raw in enumerate(index):
+            quantity = "gyr" if IMU_CHANNELS[k % 6].startswith("gyr") else "acc"
+            unit = metas[raw]["unit"]
+            try:
+                scale.append(unit_scale(unit, quantity))
+            except ValueError as exc:
+                raise StreamFormatError(
+                    f"stream {self._where()}: channel {raw} ('{metas[raw]['label']}'): {exc}"
+                ) from exc
+            if not unit:
+                unitless.append(metas[raw]["label"] or str(raw))
+        if unitless:
+            self._note(f"channels {unitless} have no unit; assuming rad/s and m/s^2")
+        self.channel_index = np.asarray(index, dtype=np.intp)
+        self.scale = np.asarray(scale, dtype=np.float64)
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        log.warning("IMU stream %s: %s", self._where(), text)
+
+    def _connect(self, info: pylsl.StreamInfo, timeout: float) -> None:
+        """Create the inlet, read the full header, map channels and subscribe."""
+        inlet = pylsl.StreamInlet(
+            info, max_buflen=self.max_buflen_s, max_chunklen=0, recover=True, processing_flags=0
+        )
+        full = inlet.info(timeout)
+        if full.channel_count() != self.n_channels:
+            raise StreamFormatError(
+                f"stream {self._where()}: now has {full.channel_count()} channels, "
+                f"was {self.n_channels}"
+            )
+        self._build_mapping(full)
+        inlet.open_stream(timeout)
+        if self.rate > 0:
+            cap = math.ceil(self.max_buflen_s * self.rate)
+        else:
+            cap = self.max_buflen_s * 100  # liblsl's irregular-rate buffer size
+        self._cap = max(64, cap + 16)
+        self._buf = np.empty((self._cap, self.n_channels), dtype=inlet.np_dtype)
+        self._inlet = inlet
+        self._last_data = pylsl.local_clock()
+
+    def _first_time_correction(self, timeout: float) -> None:
+        assert self._inlet is not None
+        try:
+            self._offset = self._inlet.time_correction(timeout)
+        except LslTimeoutError as exc:
+            raise TimeoutError(
+                f"IMU stream {self._where()}: no clock offset estimate within {timeout} s"
+            ) from exc
+        self._offset_at = pylsl.local_clock()
+
+    def open(self, timeout: float = 5.0) -> None:
+        """Subscribe, get the first clock offset (~0.6 s) and flush what queued meanwhile."""
+        self._connect(self.info, timeout)
+        self._first_time_correction(timeout)
+        self._finish_open()
+
+    def _finish_open(self) -> None:
+        assert self._inlet is not None
+        self._inlet.flush()
+        self.up = True
+        self._last_data = pylsl.local_clock()
+
+    def close(self) -> None:
+        """Drop the inlet (and any background resolver)."""
+        if self._inlet is not None:
+            self._inlet.close_stream()
+        self._inlet = None
+        self._resolver = None
+        self.up = False
+
+    # ------------------------------------------------------------------ pulling
+
+    def _refresh_offset(self, now: float) -> None:
+        if now - self._offset_at < TIME_CORRECTION_REFRESH_S:
+            return
+        self._offset_at = now
+        try:
+            self._offset = self._inlet.time_correction(0.0)
+        except LslTimeoutError:
+            pass  # estimate not ready (e.g. just reconnected): keep the previous offset
+
+    def _drain(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pull everything queued: raw (N, n_channels) copy and remote timestamps (N,)."""
+        assert self._inlet is not None and self._buf is not None
+        parts_x, parts_t = [], []
+        while True:
+            view, ts = self._inlet.pull_chunk(
+                timeout=0.0, max_samples=self._cap, dest_obj=self._buf, as_numpy=True
+            )
+            n = len(ts)
+            if n == 0:
+                break
+            parts_x.append(view.copy())
+            parts_t.append(ts)
+            if n < self._cap:
+                break
+        if not parts_t:
+            return np.empty((0, self.n_channels)), np.empty(0)
+        if len(parts_t) == 1:
+            return parts_x[0], parts_t[0]
+        return np.concatenate(parts_x), np.concatenate(parts_t)
+
+    def _trim_backlog(self, raw: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keep only the newest `max_backlog_s` of what was queued; count the rest."""
+        n = len(ts)
+        if self.rate > 0:
+            keep = max(1, math.ceil(self.max_backlog_s * self.rate))
+            start = max(0, n - keep)
+        else:
+            start = int(np.searchsorted(ts, ts[-1] - self.max_backlog_s, side="left"))
+        if start > 0:
+            self.stats["backlog_trimmed"] += start
+            log.debug("IMU stream %s: dropped %d backlogged samples", self._where(), start)
+            return raw[start:], ts[start:]
+        return raw, ts
+
+    def pull(self) -> ImuChunk | None:
+        """Everything new since the last call (at most `max_backlog_s` of it), or None."""
+        now = pylsl.local_clock()
+        if self._inlet is None:
+            if self._resolver is None:
+                raise RuntimeError(f"IMU stream {self._where()}: pull() before open()")
+            if not self._try_reconnect():
+                return None
+        try:
+            raw, ts = self._drain()
+            self._refresh_offset(now)
+        except LostError:
+            self._on_lost(now, "liblsl reports the stream lost and cannot recover it")
+            self._start_resolver()
+            return None
+        if len(ts) == 0:
+            if not self._lost and self.rate > 0 and now - self._last_data > self.lost_after_s:
+                self._on_lost(now, f"no samples for {now - self._last_data:.2f} s")
+            return None
+        self._last_data = now
+        if self._lost:
+            self._lost = False
+            self.up = True
+            self.stats["recovered"] += 1
+            log.warning(
+                "IMU stream %s: recovered after %.2f s", self._where(), now - self._lost_since
+            )
+        raw, ts = self._trim_backlog(raw, ts)
+        assert self.channel_index is not None and self.scale is not None
+        data = raw[:, self.channel_index].astype(np.float64) * self.scale
+        stamps = ts + self._offset
+        good = np.isfinite(data).all(axis=1) & np.isfinite(stamps)
+        n_bad = int(len(good) - np.count_nonzero(good))
+        if n_bad:
+            self.stats["bad_nonfinite"] += n_bad
+            data, stamps = data[good], stamps[good]
+        if len(stamps) == 0:
+            return None
+        self.stats["samples"] += len(stamps)
+        self.last_sample_time = now
+        return ImuChunk(
+            stream=self.name,
+            timestamps=stamps,
+            data=data.reshape(len(stamps), len(self.segments), 6),
+            segments=self.segments,
+            clock_offset=self._offset,
+        )
+
+    # ------------------------------------------------------------------ loss and recovery
+
+    def _on_lost(self, now: float, why: str) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._lost_since = now
+        self.up = False
+        self.stats["lost"] += 1
+        log.warning("IMU stream %s lost (%s); waiting for it to come back", self._where(), why)
+
+    def _start_resolver(self) -> None:
+        """Watch the network for the stream again (same name/type and source or host)."""
+        info = self.info
+        key = "source_id" if info.source_id() else "hostname"
+        sel = {"name": info.name(), "type": info.type(), key: getattr(info, key)()}
+        pred = " and ".join(f"{k}={xpath_literal(v)}" for k, v in sel.items())
+        self._inlet = None
+        self._lost_uid = info.uid()
+        self._resolver = pylsl.ContinuousResolver(pred=pred)
+
+    def _try_reconnect(self) -> bool:
+        """Non-blocking check of the background resolver; reconnect when the stream is back."""
+        assert self._resolver is not None
+        fresh = [i for i in self._resolver.results() if i.uid() != self._lost_uid]
+        if not fresh:
+            return False
+        info = fresh[0]
+        try:
+            self._connect(info, timeout=1.0)
+        except (LostError, LslTimeoutError) as exc:
+            log.info("IMU stream %s: reconnect attempt failed: %s", self._where(), exc)
+            self._inlet = None
+            return False
+        self.info = info
+        self._resolver = None
+        try:  # starts liblsl's estimate; until it is ready the old offset stays in use
+            self._offset = self._inlet.time_correction(0.0)
+        except LslTimeoutError:
+            pass
+        self._offset_at = pylsl.local_clock()
+        return True
+
+
+def open_all(inlets: list[ImuInlet], timeout: float = 5.0) -> None:
+    """Open several inlets; their first time corrections (~0.6 s each) run in parallel."""
+    for inlet in inlets:
+        inlet._connect(inlet.info, timeout)
+    errors: list[BaseException] = []
+
+    def first(inlet: ImuInlet) -> None:
+        try:
+            inlet._first_time_correction(timeout)
+        except BaseException as exc:  # re-raised in the caller's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first, args=(i,), daemon=True) for i in inlets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    for inlet in inlets:
+        inlet._finish_open()
