@@ -7,15 +7,20 @@ and noticing (and surviving) a stream that disappears. What it leaves to the syn
 dejittering and clock-offset smoothing (no liblsl post-processing flags are set on purpose).
 
 Every drop is counted in `ImuInlet.stats`; nothing is dropped silently.
+
+`PairedImuInlet` is one sensor sent as two 3-channel streams (gyro and accelerometer, as
+MuseLSL2 does): it joins them on the gyro timestamps, interpolating the accelerometer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pylsl
@@ -26,7 +31,7 @@ from drivers.selectors import xpath_literal
 from drivers.units import channel_meta, unit_scale
 from fusion.skeleton import IMU_CHANNELS, SEGMENTS
 
-__all__ = ["ImuChunk", "ImuInlet", "StreamFormatError", "open_all"]
+__all__ = ["ImuChunk", "ImuInlet", "PairedImuInlet", "StreamFormatError", "open_all"]
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +65,19 @@ class ImuInlet:
 
     stats counters: samples (delivered), bad_nonfinite (samples with NaN/inf removed),
     backlog_trimmed (oldest samples dropped because more than `max_backlog_s` was queued),
-    lost (times the stream went away), recovered (times it came back).
+    lost (times the stream went away), recovered (times it came back), reconnect_rejected
+    (a stream with the lost one's identity but channels that do not map; it is not used).
 
     A stream counts as lost when liblsl says so (LostError: no source_id, recovery
-    impossible) or, for a regular-rate stream, when no sample arrived for `lost_after_s`.
-    liblsl reconnects streams that have a source_id by itself (recover=True); for the others
-    this class re-resolves in the background and rebuilds the inlet.
+    impossible) or, for a regular-rate stream, when no sample arrived for `lost_after_s`
+    (also right after open() if the sender has not started yet). liblsl reconnects streams
+    that have a source_id by itself (recover=True); for the others this class re-resolves in
+    the background (never blocking pull()) and rebuilds the inlet. Samples liblsl still held
+    when it raised LostError are gone (liblsl does not hand them out); `up` mirrors the state.
     """
+
+    #: Contract channels per sensor, in output order (subclasses read one quantity only).
+    LAYOUT: tuple[str, ...] = IMU_CHANNELS
 
     def __init__(
         self,
@@ -101,12 +112,12 @@ class ImuInlet:
         if info.channel_format() == pylsl.cf_string:
             raise StreamFormatError(f"stream {self._where()}: string channels, IMU needs numbers")
         self.n_channels = info.channel_count()
-        self.needed = 6 * len(self.segments)
+        self.needed = len(self.LAYOUT) * len(self.segments)
         if self.n_channels < self.needed:
             raise StreamFormatError(
                 f"stream {self._where()}: {self.n_channels} channels, but "
                 f"{len(self.segments)} segment(s) {list(self.segments)} need {self.needed} "
-                "(6 per sensor: gyr xyz, acc xyz)"
+                f"({len(self.LAYOUT)} per sensor: {' '.join(self.LAYOUT)})"
             )
 
         self.channel_index: np.ndarray | None = None  # (6*n_seg,) raw channel per output
@@ -120,7 +131,7 @@ class ImuInlet:
         self._lost_since = 0.0
         self._last_data = 0.0
         self._resolver: pylsl.ContinuousResolver | None = None
-        self._lost_uid = ""
+        self._skip_uids: set[str] = set()
 
     # ------------------------------------------------------------------ setup
 
@@ -129,18 +140,22 @@ class ImuInlet:
         return f"'{self.name}'" + (f" (source_id '{sid}')" if sid else "")
 
     def _build_mapping(self, full_info: pylsl.StreamInfo) -> None:
-        """Map contract channels to raw channels by label, and read their units."""
+        """Map contract channels to raw channels by label, and read their units.
+
+        Each note is recorded once (a reconnect repeats the same ones).
+        """
         metas = channel_meta(full_info)
         labels = [m["label"].lower() for m in metas]
         if not any(labels):
             if self.n_channels != self.needed:
                 raise StreamFormatError(
                     f"stream {self._where()}: no channel labels and {self.n_channels} channels; "
-                    f"without labels exactly {self.needed} (6 × {len(self.segments)} "
+                    f"without labels exactly {self.needed} ({len(self.LAYOUT)} × "
+                    f"{len(self.segments)} "
                     "segments, contract order) are accepted"
                 )
             index = list(range(self.needed))
-            self._note("no channel labels; assuming contract order " + " ".join(IMU_CHANNELS))
+            self._note("no channel labels; assuming contract order " + " ".join(self.LAYOUT))
         else:
             where: dict[str, int] = {}
             for i, lab in enumerate(labels):
@@ -148,11 +163,11 @@ class ImuInlet:
                     where.setdefault(lab, i)
             index, missing = [], []
             for seg in self.segments:
-                for ch in IMU_CHANNELS:
-                    names = [f"{seg}_{ch}"] + ([ch] if len(self.segments) == 1 else [])
+                for ch in self.LAYOUT:
+                    names = self._label_candidates(seg, ch)
                     hit = next((where[n] for n in names if n in where), None)
                     if hit is None:
-                        missing.append(names[-1])
+                        missing.append("/".join(names))
                     else:
                         index.append(hit)
             if missing:
@@ -162,7 +177,7 @@ class ImuInlet:
                 )
         scale, unitless = [], []
         for k, raw in enumerate(index):
-            quantity = "gyr" if IMU_CHANNELS[k % 6].startswith("gyr") else "acc"
+            quantity = "gyr" if self.LAYOUT[k % len(self.LAYOUT)].startswith("gyr") else "acc"
             unit = metas[raw]["unit"]
             try:
                 scale.append(unit_scale(unit, quantity))
@@ -177,7 +192,13 @@ class ImuInlet:
         self.channel_index = np.asarray(index, dtype=np.intp)
         self.scale = np.asarray(scale, dtype=np.float64)
 
+    def _label_candidates(self, segment: str, channel: str) -> list[str]:
+        """Accepted labels (lower case) for one contract channel, preferred first."""
+        return [f"{segment}_{channel}"] + ([channel] if len(self.segments) == 1 else [])
+
     def _note(self, text: str) -> None:
+        if text in self.notes:
+            return
         self.notes.append(text)
         log.warning("IMU stream %s: %s", self._where(), text)
 
@@ -194,10 +215,9 @@ class ImuInlet:
             )
         self._build_mapping(full)
         inlet.open_stream(timeout)
-        if self.rate > 0:
-            cap = math.ceil(self.max_buflen_s * self.rate)
-        else:
-            cap = self.max_buflen_s * 100  # liblsl's irregular-rate buffer size
+        # liblsl's queue holds max_buflen seconds (irregular streams: x100 samples).
+        per_s = self.rate if self.rate > 0 else 100.0
+        cap = math.ceil(self.max_buflen_s * per_s)
         self._cap = max(64, cap + 16)
         self._buf = np.empty((self._cap, self.n_channels), dtype=inlet.np_dtype)
         self._inlet = inlet
@@ -225,6 +245,15 @@ class ImuInlet:
         self.up = True
         self._last_data = pylsl.local_clock()
 
+    @property
+    def clock_offset(self) -> float:
+        """The time correction currently added to the sender's timestamps (seconds)."""
+        return self._offset
+
+    def queued(self) -> int:
+        """Samples liblsl holds for this inlet right now (a queue-depth gauge); 0 if closed."""
+        return 0 if self._inlet is None else int(self._inlet.samples_available())
+
     def close(self) -> None:
         """Drop the inlet (and any background resolver)."""
         if self._inlet is not None:
@@ -239,10 +268,9 @@ class ImuInlet:
         if now - self._offset_at < TIME_CORRECTION_REFRESH_S:
             return
         self._offset_at = now
-        try:
+        # Not ready (e.g. just reconnected): keep the previous offset.
+        with contextlib.suppress(LslTimeoutError):
             self._offset = self._inlet.time_correction(0.0)
-        except LslTimeoutError:
-            pass  # estimate not ready (e.g. just reconnected): keep the previous offset
 
     def _drain(self) -> tuple[np.ndarray, np.ndarray]:
         """Pull everything queued: raw (N, n_channels) copy and remote timestamps (N,)."""
@@ -322,7 +350,7 @@ class ImuInlet:
         return ImuChunk(
             stream=self.name,
             timestamps=stamps,
-            data=data.reshape(len(stamps), len(self.segments), 6),
+            data=data.reshape(len(stamps), len(self.segments), len(self.LAYOUT)),
             segments=self.segments,
             clock_offset=self._offset,
         )
@@ -343,36 +371,239 @@ class ImuInlet:
         info = self.info
         key = "source_id" if info.source_id() else "hostname"
         sel = {"name": info.name(), "type": info.type(), key: getattr(info, key)()}
-        pred = " and ".join(f"{k}={xpath_literal(v)}" for k, v in sel.items())
+        parts = [f"channel_count={info.channel_count()}"]
+        parts += [f"{k}={lit}" for k, v in sel.items() if (lit := xpath_literal(v)) is not None]
+        pred = " and ".join(parts)
         self._inlet = None
-        self._lost_uid = info.uid()
+        self._skip_uids = {info.uid()}
         self._resolver = pylsl.ContinuousResolver(pred=pred)
 
     def _try_reconnect(self) -> bool:
         """Non-blocking check of the background resolver; reconnect when the stream is back."""
         assert self._resolver is not None
-        fresh = [i for i in self._resolver.results() if i.uid() != self._lost_uid]
+        fresh = [i for i in self._resolver.results() if i.uid() not in self._skip_uids]
         if not fresh:
             return False
         info = fresh[0]
         try:
             self._connect(info, timeout=1.0)
+        except StreamFormatError as exc:
+            # A different stream under the same identity: never silently remap; keep waiting.
+            self._skip_uids.add(info.uid())
+            self.stats["reconnect_rejected"] += 1
+            log.error("IMU stream %s: not reconnecting to %s: %s", self._where(), info.uid(), exc)
+            return False
         except (LostError, LslTimeoutError) as exc:
             log.info("IMU stream %s: reconnect attempt failed: %s", self._where(), exc)
             self._inlet = None
             return False
         self.info = info
         self._resolver = None
-        try:  # starts liblsl's estimate; until it is ready the old offset stays in use
+        # Starts liblsl's estimate; until it is ready the old offset stays in use.
+        with contextlib.suppress(LslTimeoutError):
             self._offset = self._inlet.time_correction(0.0)
-        except LslTimeoutError:
-            pass
         self._offset_at = pylsl.local_clock()
         return True
 
 
-def open_all(inlets: list[ImuInlet], timeout: float = 5.0) -> None:
+# ---------------------------------------------------------------------- one sensor, two streams
+
+#: Accepted label prefixes of a 3-axis stream (lower case, before `_x`/`_y`/`_z`).
+_AXIS_ALIASES: dict[str, tuple[str, ...]] = {
+    "gyr": ("gyr", "gyro", "gyroscope", "angular_velocity"),
+    "acc": ("acc", "accel", "accelerometer", "acceleration"),
+}
+
+
+class _TriaxialInlet(ImuInlet):
+    """An ImuInlet for a 3-channel stream of one quantity (a MuseLSL2-style ACC or GYRO stream).
+
+    Labels accepted per axis: `<segment>_gyr_x`, `gyr_x`, `gyro_x`, `gyroscope_x`, ... and a bare
+    `x`; without labels the three channels are taken as x, y, z. Units as for ImuInlet
+    (dps, g, ... converted). `pull()` returns chunks with data (N, 1, 3).
+    """
+
+    def __init__(self, info: pylsl.StreamInfo, quantity: str, segment: str, **kw: Any) -> None:
+        if quantity not in _AXIS_ALIASES:
+            raise ValueError(f"quantity must be 'gyr' or 'acc', got {quantity!r}")
+        self.quantity = quantity
+        self.LAYOUT = tuple(c for c in IMU_CHANNELS if c.startswith(quantity))
+        super().__init__(info, [segment], **kw)
+
+    def _label_candidates(self, segment: str, channel: str) -> list[str]:
+        axis = channel.rsplit("_", 1)[1]
+        aliases = [f"{a}_{axis}" for a in _AXIS_ALIASES[self.quantity]]
+        return [f"{segment}_{channel}", *aliases, axis]
+
+
+def _running_max_keep(t: np.ndarray, last: float) -> np.ndarray:
+    """Mask of samples whose stamp is later than every stamp before it (and than `last`)."""
+    if len(t) == 0:
+        return np.zeros(0, dtype=bool)
+    before = np.maximum.accumulate(np.concatenate(([last], t[:-1])))
+    return t > before
+
+
+class PairedImuInlet:
+    """One sensor delivered as two LSL streams (gyro and accelerometer), joined into one.
+
+    MuseLSL2 and similar devices publish ACC and GYRO as separate 3-channel streams with their
+    own timestamps. This inlet pulls both (each an ImuInlet of one quantity: units, time
+    correction, loss handling) and emits contract chunks (N, 1, 6) stamped with the *gyro*
+    timestamps, the accelerometer linearly interpolated to each gyro time.
+
+    A gyro sample is emitted once accelerometer data exists on both sides of it. It is dropped,
+    and counted, when no accelerometer sample precedes it (`acc_missing`), when its bracketing
+    accelerometer samples are more than `max_gap_s` apart (`acc_gap`), or when the accelerometer
+    has not caught up within `max_wait_s` of newer gyro data (`acc_late`). Accelerometer samples
+    not later than the previous one are dropped (`acc_out_of_order`; np.interp needs increasing
+    times). `stats` also sums both streams' ImuInlet counters (bad_nonfinite, backlog_trimmed,
+    lost, ...); `samples` counts joined samples.
+    """
+
+    def __init__(
+        self,
+        gyr_info: pylsl.StreamInfo,
+        acc_info: pylsl.StreamInfo,
+        segment: str,
+        *,
+        max_gap_s: float = 0.1,
+        max_wait_s: float = 0.25,
+        history_s: float = 2.0,
+        label: str | None = None,
+        **inlet_kw: Any,
+    ) -> None:
+        self.gyr = _TriaxialInlet(gyr_info, "gyr", segment, **inlet_kw)
+        self.acc = _TriaxialInlet(acc_info, "acc", segment, **inlet_kw)
+        self.segments: tuple[str, ...] = (segment,)
+        self.name = label or f"{gyr_info.name()}[{gyr_info.type()}+{acc_info.type()}]"
+        self.rate = self.gyr.rate
+        self.max_gap_s = float(max_gap_s)
+        self.max_wait_s = float(max_wait_s)
+        self.history_s = float(history_s)
+        self.last_sample_time: float | None = None
+        self._own: Counter[str] = Counter()
+        self._gt = np.empty(0)  # pending gyro stamps, local clock
+        self._gx = np.empty((0, 3))
+        self._at = np.empty(0)  # accelerometer history, strictly increasing stamps
+        self._ax = np.empty((0, 3))
+        self._last_gyr = -math.inf  # newest gyro stamp already handled (emitted or dropped)
+
+    @property
+    def parts(self) -> tuple[_TriaxialInlet, _TriaxialInlet]:
+        return (self.gyr, self.acc)
+
+    @property
+    def stats(self) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for part in self.parts:
+            for key, value in part.stats.items():
+                out[f"{part.quantity}_samples" if key == "samples" else key] += value
+        out.update(self._own)
+        return out
+
+    @property
+    def notes(self) -> list[str]:
+        return [f"{p.quantity}: {n}" for p in self.parts for n in p.notes]
+
+    @property
+    def up(self) -> bool:
+        return self.gyr.up and self.acc.up
+
+    @property
+    def clock_offset(self) -> float:
+        """The gyro stream's time correction (the output carries the gyro timestamps)."""
+        return self.gyr.clock_offset
+
+    def queued(self) -> int:
+        return self.gyr.queued() + self.acc.queued()
+
+    def open(self, timeout: float = 5.0) -> None:
+        """Open both streams (their first time corrections run in parallel)."""
+        open_all([self.gyr, self.acc], timeout)
+
+    def close(self) -> None:
+        self.gyr.close()
+        self.acc.close()
+
+    def _add_acc(self, chunk: ImuChunk) -> None:
+        t = chunk.timestamps
+        keep = _running_max_keep(t, self._at[-1] if len(self._at) else -math.inf)
+        dropped = int(len(t) - np.count_nonzero(keep))
+        if dropped:
+            self._own["acc_out_of_order"] += dropped
+        self._at = np.concatenate((self._at, t[keep]))
+        self._ax = np.concatenate((self._ax, chunk.data[keep, 0, :]))
+
+    def pull(self) -> ImuChunk | None:
+        """Joined samples ready since the last call, or None."""
+        a = self.acc.pull()
+        g = self.gyr.pull()
+        if a is not None:
+            self._add_acc(a)
+        if g is not None:
+            self._gt = np.concatenate((self._gt, g.timestamps))
+            self._gx = np.concatenate((self._gx, g.data[:, 0, :]))
+        out = self._join()
+        self._trim_history()
+        return out
+
+    def _join(self) -> ImuChunk | None:
+        gt, at = self._gt, self._at
+        if len(gt) == 0:
+            return None
+        newest = float(gt.max())
+        ready = gt <= at[-1] if len(at) else np.zeros(len(gt), dtype=bool)
+        expired = ~ready & (gt < newest - self.max_wait_s)
+        if expired.any():
+            self._own["acc_late"] += int(np.count_nonzero(expired))
+        done = ready | expired
+        t, x = gt[ready], self._gx[ready]
+        self._gt, self._gx = gt[~done], self._gx[~done]
+        if done.any():
+            self._last_gyr = max(self._last_gyr, float(gt[done].max()))
+        if len(t) == 0:
+            return None
+        j = np.searchsorted(at, t, side="left")  # at[j-1] < t <= at[j]
+        exact = at[j] == t
+        before_first = (j == 0) & ~exact
+        gap = at[j] - at[np.maximum(j - 1, 0)]
+        wide = ~exact & ~before_first & (gap > self.max_gap_s)
+        if before_first.any():
+            self._own["acc_missing"] += int(np.count_nonzero(before_first))
+        if wide.any():
+            self._own["acc_gap"] += int(np.count_nonzero(wide))
+        good = ~(before_first | wide)
+        t, x = t[good], x[good]
+        if len(t) == 0:
+            return None
+        acc = np.column_stack([np.interp(t, at, self._ax[:, k]) for k in range(3)])
+        self._own["samples"] += len(t)
+        self.last_sample_time = pylsl.local_clock()
+        return ImuChunk(
+            stream=self.name,
+            timestamps=t,
+            data=np.concatenate((x, acc), axis=1).reshape(len(t), 1, 6),
+            segments=self.segments,
+            clock_offset=self.gyr.clock_offset,
+        )
+
+    def _trim_history(self) -> None:
+        """Keep the accelerometer samples a future gyro sample can still need, at most history_s."""
+        at = self._at
+        if len(at) < 2:
+            return
+        oldest_needed = float(self._gt.min()) if len(self._gt) else self._last_gyr
+        start = max(0, int(np.searchsorted(at, oldest_needed, side="left")) - 1)
+        start = max(start, int(np.searchsorted(at, at[-1] - self.history_s, side="left")))
+        start = min(start, len(at) - 1)
+        if start:
+            self._at, self._ax = at[start:], self._ax[start:]
+
+
+def open_all(inlets: list[ImuInlet | PairedImuInlet], timeout: float = 5.0) -> None:
     """Open several inlets; their first time corrections (~0.6 s each) run in parallel."""
+    inlets = [p for i in inlets for p in (i.parts if isinstance(i, PairedImuInlet) else (i,))]
     for inlet in inlets:
         inlet._connect(inlet.info, timeout)
     errors: list[BaseException] = []

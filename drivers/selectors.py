@@ -30,10 +30,7 @@ class StreamSelector:
 
     def matches(self, info: pylsl.StreamInfo) -> bool:
         """True when every field this selector sets equals the stream's."""
-        return all(
-            want is None or want == getattr(info, field)()
-            for field, want in self._given()
-        )
+        return all(want is None or want == getattr(info, field)() for field, want in self._given())
 
     def describe(self) -> str:
         """Human-readable form for logs and errors: `name='Muse' type='GYRO'`."""

@@ -88,9 +88,7 @@ def channel_meta(info: pylsl.StreamInfo) -> list[dict[str, str]]:
     channels = info.desc().child("channels")
     ch = channels.child("channel") if not channels.empty() else None
     while ch is not None and not ch.empty() and len(out) < n:
-        out.append(
-            {key: ch.child_value(key).strip() for key in ("label", "unit", "type")}
-        )
+        out.append({key: ch.child_value(key).strip() for key in ("label", "unit", "type")})
         ch = ch.next_sibling("channel")
     out.extend({"label": "", "unit": "", "type": ""} for _ in range(n - len(out)))
     return out

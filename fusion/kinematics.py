@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from scipy.interpolate import CubicSpline
@@ -36,31 +37,45 @@ class Pose:
 
 
 def forward_kinematics(
-    body: BodyModel, dofs: np.ndarray, root: np.ndarray, heading: np.ndarray
+    body: BodyModel,
+    dofs: np.ndarray,
+    root: np.ndarray | None = None,
+    heading: np.ndarray | None = None,
+    segments: tuple[str, ...] = SEGMENTS,
 ) -> Pose:
-    """DOF angles (N, len(DOFS)) deg, root (N, 3) m, heading (N,) rad → Pose (vectorised)."""
+    """DOF angles (N, len(DOFS)) deg, root (N, 3) m, heading (N,) rad → Pose (vectorised).
+
+    `segments` limits the work to a subset closed under parents (e.g. the legs, for contact
+    detection); segments left out, and the keypoints they carry, are NaN.
+    """
     dofs = np.atleast_2d(np.asarray(dofs, dtype=float))
     n = dofs.shape[0]
-    root = np.broadcast_to(np.asarray(root, float), (n, 3))
-    heading = np.broadcast_to(np.asarray(heading, float), (n,))
-    local = local_rotations(dofs)
+    root = np.zeros((n, 3)) if root is None else np.broadcast_to(np.asarray(root, float), (n, 3))
+    heading = np.zeros(n) if heading is None else np.broadcast_to(np.asarray(heading, float), (n,))
+    local = local_rotations(dofs, joints=tuple(JOINT_OF_SEGMENT[s] for s in segments))
     offsets = body.joint_offsets()
-    R = np.empty((n, len(SEGMENTS), 3, 3))
-    origin = np.empty((n, len(SEGMENTS), 3))
+    R = np.full((n, len(SEGMENTS), 3, 3), np.nan)
+    origin = np.full((n, len(SEGMENTS), 3), np.nan)
     for seg in _TREE_ORDER:
+        if seg not in segments:
+            continue
         i = SEGMENT_INDEX[seg]
-        parent = JOINTS[JOINT_OF_SEGMENT[seg]][0]
+        joint = JOINT_OF_SEGMENT[seg]
+        parent = JOINTS[joint][0]
         if parent is None:
-            R[:, i] = yaw_matrix(heading) @ local[JOINT_OF_SEGMENT[seg]]
+            R[:, i] = yaw_matrix(heading) @ local[joint]
             origin[:, i] = root
         else:
+            if parent not in segments:
+                raise ValueError(f"segments: {seg!r} needs its parent {parent!r}")
             p = SEGMENT_INDEX[parent]
-            R[:, i] = R[:, p] @ local[JOINT_OF_SEGMENT[seg]]
+            R[:, i] = R[:, p] @ local[joint]
             origin[:, i] = origin[:, p] + R[:, p] @ offsets[seg]
-    keypoints = np.empty((n, len(KEYPOINTS), 3))
+    keypoints = np.full((n, len(KEYPOINTS), 3), np.nan)
     for k, (seg, local_point) in enumerate(body.keypoint_offsets().values()):
-        i = SEGMENT_INDEX[seg]
-        keypoints[:, k] = origin[:, i] + R[:, i] @ local_point
+        if seg in segments:
+            i = SEGMENT_INDEX[seg]
+            keypoints[:, k] = origin[:, i] + R[:, i] @ local_point
     return Pose(R=R, origin=origin, keypoints=keypoints, heading=np.array(heading))
 
 
@@ -129,6 +144,8 @@ class Motion:
     heading: np.ndarray  # (T,) rad, unwrapped direction of progression
     body: BodyModel
     labels: MotionLabels = field(default_factory=MotionLabels)
+    #: whatever the generator needs to continue this motion seamlessly (fusion.activities)
+    generator_state: Any = None
 
     def __post_init__(self) -> None:
         T = len(self.t)

@@ -1,0 +1,135 @@
+"""Dejitter: pyxdf-identical offline, online counters and accuracy, real Muse stamps."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pyxdf
+
+from drivers.xdf_reader import load_xdf
+from fusion.clock import map_timestamps_offline
+from fusion.dejitter import Dejitterer, dejitter_offline, stream_can_drop_samples
+
+logging.getLogger("pyxdf").setLevel(logging.ERROR)
+
+
+def _files(shared_data: Path) -> list[Path]:
+    x = shared_data / "xdf"
+    return [
+        *sorted((x / "muselsl2_muse_imu").glob("*.xdf")),
+        x / "xdf_modules_example_files" / "clock_resets.xdf",
+        x / "xdf_modules_example_files" / "empty_streams.xdf",
+    ]
+
+
+def test_offline_equals_pyxdf_on_real_files(shared_data: Path) -> None:
+    checked = 0
+    for path in _files(shared_data):
+        rec = load_xdf(path)  # one pyxdf load: its final stamps and the raw ones
+        for s in rec.streams:
+            mapped, _ = map_timestamps_offline(s.raw_time_stamps, s.clock_times, s.clock_values)
+            ts, segs, eff = dejitter_offline(
+                mapped, s.nominal_srate, can_drop_samples=s.can_drop_samples
+            )
+            np.testing.assert_allclose(ts, s.time_stamps, rtol=0, atol=1e-6)
+            assert segs == s.segments
+            assert eff == pytest.approx(s.effective_srate, rel=1e-6, abs=1e-12)
+            checked += len(ts)
+    assert checked > 50_000
+
+
+def _regular(n: int, rate: float, rng: np.random.Generator, jitter: float = 1e-3):
+    truth = 100.0 + np.arange(n) / rate
+    return truth, truth + rng.normal(0, jitter, n)
+
+
+def _run_chunks(dj: Dejitterer, stamps: np.ndarray, size: int) -> np.ndarray:
+    return np.concatenate([dj.process(stamps[i : i + size]) for i in range(0, len(stamps), size)])
+
+
+def test_online_recovers_true_times_and_counts_anomalies() -> None:
+    rng = np.random.default_rng(3)
+    rate = 100.0
+    truth, st = _regular(6000, rate * (1 + 3e-4), rng)  # device 300 ppm fast
+    st[1000:1005] = st[1004]  # a burst: five samples stamped at once
+    st[2000] -= 0.015  # one stamp 1.5 periods early: steps backwards
+    keep = np.ones(len(st), bool)
+    keep[3000:3040] = False  # 40 samples lost in transport
+    truth, st = truth[keep], st[keep]
+    dj = Dejitterer(rate)
+    out = _run_chunks(dj, st, 4)
+    c = dj.counters
+    assert c.samples == len(st)
+    assert c.bursts == 1 and c.burst_samples == 4
+    assert c.backwards >= 1
+    assert c.gaps == 1 and c.missing == 40
+    assert c.resets == 0 and c.breaks == 0 and c.segments == 1
+    err = np.abs(out - truth)
+    warm = truth > truth[0] + 10
+    assert np.percentile(err[warm], 99) < 5e-4  # raw jitter is 1 ms σ
+    assert np.percentile(np.abs(st - truth)[warm], 99) > 2e-3
+    assert np.all(np.diff(out) > 0)
+
+
+def test_online_starts_new_segments_on_reset_and_break() -> None:
+    rng = np.random.default_rng(4)
+    _, st = _regular(3000, 100.0, rng, 5e-4)
+    st[1000:] -= 50.0  # stamps jump back 50 s: a clock reset not caught by the mapper
+    st[2000:] += 70.0  # and later forward by 20 s net: a break
+    dj = Dejitterer(100.0)
+    out = _run_chunks(dj, st, 10)
+    c = dj.counters
+    assert (c.resets, c.breaks, c.segments) == (1, 1, 3)
+    # Each segment is dejittered on its own: no sample is pulled across a discontinuity.
+    assert np.max(np.abs(out - st)) < 5e-3
+
+
+def test_disabled_for_cameras_passes_through_and_counts_drops() -> None:
+    rng = np.random.default_rng(5)
+    _, st = _regular(600, 30.0, rng, 2e-4)
+    keep = np.ones(600, bool)
+    keep[[100, 101, 300]] = False  # three dropped frames in two gaps
+    st = st[keep]
+    dj = Dejitterer(30.0, enabled=False)
+    out = _run_chunks(dj, st, 1)
+    np.testing.assert_array_equal(out, st)
+    assert dj.counters.gaps == 2 and dj.counters.missing == 3
+
+
+def test_can_drop_samples_metadata() -> None:
+    info = {"desc": [{"synchronization": [{"can_drop_samples": ["true"]}]}]}
+    assert stream_can_drop_samples(info)
+    assert not stream_can_drop_samples({"desc": [None]})
+    assert not stream_can_drop_samples({})
+
+
+def test_irregular_and_invalid_stamps() -> None:
+    dj = Dejitterer(0.0)  # markers: nothing to dejitter, no break rule
+    out = dj.process(np.array([1.0, 5.0, 30.0, np.nan, 31.0]))
+    np.testing.assert_array_equal(out[[0, 1, 2, 4]], [1.0, 5.0, 30.0, 31.0])
+    assert np.isnan(out[3])
+    assert dj.counters.invalid == 1 and dj.counters.breaks == 0
+    with pytest.raises(ValueError, match="nominal_srate"):
+        Dejitterer(-1.0)
+
+
+def test_online_on_real_muse_imu_tracks_pyxdf(shared_data: Path) -> None:
+    path = shared_data / "xdf/muselsl2_muse_imu/sub-P002_ses-S001_task-Default_run-001_eeg.xdf"
+    raw, _ = pyxdf.load_xdf(path, synchronize_clocks=False, dejitter_timestamps=False)
+    full, _ = pyxdf.load_xdf(path)
+    acc = next(i for i, s in enumerate(raw) if s["info"]["type"] == ["ACC"])
+    r, f = raw[acc], full[acc]
+    mapped, _ = map_timestamps_offline(r["time_stamps"], r["clock_times"], r["clock_values"])
+    assert np.sum(np.diff(mapped) < 0) == 2  # the real stamps step backwards twice
+    dj = Dejitterer(52.0)
+    out = _run_chunks(dj, mapped, 12)
+    assert dj.counters.backwards == 2
+    assert dj.counters.segments == 1 and dj.counters.gaps == 0
+    assert np.all(np.diff(out) > 0)
+    warm = f["time_stamps"] > f["time_stamps"][0] + 5
+    err = np.abs(out - f["time_stamps"])[warm]
+    assert np.percentile(err, 99) < 2e-3  # causal estimate vs whole-recording fit
+    assert dj.effective_srate == pytest.approx(f["info"]["effective_srate"], rel=2e-3)
