@@ -1,0 +1,188 @@
+"""Multi-view triangulation of 2-D keypoints: confidence-weighted DLT, batched.
+
+Cameras follow fusion/camera.py (OpenCV model: X_c = R X_w + t, pixel = K · distort(X_c/Z_c)).
+Pixels are first undistorted with `cv2.undistortPoints` (where a camera has distortion), then
+every joint of every frame is solved at once by the direct linear transform: each view adds the
+two rows w·(u·P₃ − P₁) and w·(v·P₃ − P₂), each row scaled to unit norm before the weight w (the
+detector's confidence) so a view counts by its confidence, not by its distance; the point is
+the right singular vector of the stacked (2C × 4) systems (`np.linalg.svd` batched).
+`cv2.triangulatePoints` takes exactly two views, so it does not help here.
+
+Optional robustness: when a point's worst view is off by more than `outlier_px` and it has ≥ 3
+views, each view is left out in turn and the subset that fits best is kept (a detector's
+occasional swap or mis-detection), repeated while that holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Triangulation:
+    """Result for N frames × J joints."""
+
+    points: np.ndarray  # (N, J, 3) world, NaN where fewer than two views
+    error_px: np.ndarray  # (N, J) RMS reprojection error over the views used, px
+    n_views: np.ndarray  # (N, J) views used
+
+
+def projection_matrices(cameras: Sequence[Any]) -> np.ndarray:
+    """K [R | t] of each camera, (C, 3, 4)."""
+    return np.stack([c.K @ np.hstack([c.R, np.reshape(c.t, (3, 1))]) for c in cameras])
+
+
+def undistort_pixels(cameras: Sequence[Any], uv: np.ndarray) -> np.ndarray:
+    """Pixels (..., C, J, 2) → the pixels an ideal (distortion-free) camera would see, per
+    camera (cv2.undistortPoints with P = K); cameras without distortion are unchanged."""
+    import cv2
+
+    out = np.array(uv, float, copy=True)
+    for c, cam in enumerate(cameras):
+        dist = getattr(cam, "dist", None)
+        if dist is None or not np.any(dist):
+            continue
+        pts = out[..., c, :, :]
+        flat = pts.reshape(-1, 2)
+        ok = np.isfinite(flat).all(axis=1)
+        if ok.any():
+            und = cv2.undistortPoints(
+                flat[ok].reshape(-1, 1, 2).astype(np.float64), cam.K, np.asarray(dist), P=cam.K
+            )
+            flat[ok] = und.reshape(-1, 2)
+        out[..., c, :, :] = flat.reshape(pts.shape)
+    return out
+
+
+def _solve(P: np.ndarray, uv: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """DLT for M points: P (C, 3, 4), uv (M, C, 2), w (M, C) → homogeneous X (M, 4)."""
+    r1 = uv[..., 0, None] * P[None, :, 2, :] - P[None, :, 0, :]  # (M, C, 4)
+    r2 = uv[..., 1, None] * P[None, :, 2, :] - P[None, :, 1, :]
+    A = np.concatenate([r1, r2], axis=1)  # (M, 2C, 4)
+    n = np.linalg.norm(A, axis=-1, keepdims=True)
+    ww = np.concatenate([w, w], axis=1)[..., None]
+    A = np.where(n > 0, A / np.where(n > 0, n, 1.0), 0.0) * ww
+    _, _, vt = np.linalg.svd(A)
+    return vt[:, -1, :]
+
+
+def _reproject(P: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """World points (M, 3) → pixels (M, C, 2) in every camera (ideal cameras)."""
+    Xh = np.concatenate([X, np.ones((len(X), 1))], axis=1)
+    x = np.einsum("cij,mj->mci", P, Xh)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return x[..., :2] / x[..., 2:3]
+
+
+def _view_errors(P: np.ndarray, X: np.ndarray, uv: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """Reprojection error (M, C) px of each used view (NaN for unused ones)."""
+    e = np.linalg.norm(_reproject(P, X) - uv, axis=-1)
+    return np.where(used, e, np.nan)
+
+
+def _solve_and_score(
+    P: np.ndarray, uv: np.ndarray, w: np.ndarray, used: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """DLT over the used views → (points (M, 3), RMS reprojection error (M,) px)."""
+    Xh = _solve(P, uv, np.where(used, w, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        X = Xh[:, :3] / Xh[:, 3:4]
+        e = _view_errors(P, X, uv, used)
+        rms = np.sqrt(np.nanmean(e**2, axis=1))
+    return X, np.where(np.isfinite(rms), rms, np.inf)
+
+
+def triangulate(
+    P: np.ndarray,
+    uv: np.ndarray,
+    weights: np.ndarray,
+    outlier_px: float | None = None,
+) -> Triangulation:
+    """Triangulate (N, C, J, 2) ideal pixels with (N, C, J) weights (0 = view not used).
+
+    P: (C, 3, 4) projection matrices. Points with fewer than two views (or a degenerate
+    solution: at infinity, or behind a camera that sees them) are NaN.
+    """
+    uv = np.asarray(uv, float)
+    w = np.asarray(weights, float)
+    N, C, J, _ = uv.shape
+    if P.shape != (C, 3, 4):
+        raise ValueError(f"triangulate: {P.shape[0]} projection matrices for {C} views")
+    w = np.where(np.isfinite(uv).all(axis=-1) & np.isfinite(w) & (w > 0), w, 0.0)
+    uvm = np.where(w[..., None] > 0, uv, 0.0).transpose(0, 2, 1, 3).reshape(N * J, C, 2)
+    wm = w.transpose(0, 2, 1).reshape(N * J, C)
+    used = wm > 0
+    X = np.full((N * J, 3), np.nan)
+    err = np.full(N * J, np.nan)
+    todo = np.flatnonzero(used.sum(axis=1) >= 2)
+    if len(todo):
+        X[todo], err[todo] = _solve_and_score(P, uvm[todo], wm[todo], used[todo])
+    while outlier_px is not None and len(todo):
+        # points whose worst view is off by more than outlier_px and that have a view to
+        # spare: try leaving out each view, keep the subset that fits best
+        e = _view_errors(P, X[todo], uvm[todo], used[todo])
+        n_used = used[todo].sum(axis=1)
+        todo = todo[
+            (n_used >= 3) & (np.nanmax(np.where(np.isfinite(e), e, -1.0), axis=1) > outlier_px)
+        ]
+        if not len(todo):
+            break
+        best_err = np.full(len(todo), np.inf)
+        best_X = X[todo].copy()
+        best_used = used[todo].copy()
+        for c in range(C):
+            trial = used[todo].copy()
+            can = trial[:, c].copy()
+            if not can.any():
+                continue
+            trial[:, c] = False
+            Xc, ec = _solve_and_score(P, uvm[todo], wm[todo], trial)
+            better = can & (ec < best_err)
+            best_err = np.where(better, ec, best_err)
+            best_X[better] = Xc[better]
+            best_used[better] = trial[better]
+        changed = (best_used != used[todo]).any(axis=1)
+        X[todo], err[todo], used[todo] = best_X, best_err, best_used
+        todo = todo[changed]  # a point no subset improves is final
+    # in front of every camera that uses it
+    depth = np.einsum("ci,mi->mc", P[:, 2, :3], np.nan_to_num(X)) + P[None, :, 2, 3]
+    behind = ((depth <= 0) & used).any(axis=1)
+    X[behind | ~np.isfinite(X).all(axis=1)] = np.nan
+    err[~np.isfinite(X).all(axis=1) | ~np.isfinite(err)] = np.nan
+    return Triangulation(
+        points=X.reshape(N, J, 3),
+        error_px=err.reshape(N, J),
+        n_views=used.sum(axis=1).reshape(N, J),
+    )
+
+
+def triangulate_keypoints(
+    cameras: Sequence[Any],
+    keypoints: np.ndarray,
+    camera_mask: np.ndarray | None = None,
+    min_confidence: float = 0.1,
+    outlier_px: float | None = 25.0,
+    P: np.ndarray | None = None,
+) -> Triangulation:
+    """2-D detections (N, C, J, 3) [x, y, confidence] from calibrated cameras → 3-D points.
+
+    A view is used when its camera is not masked (camera_mask (N, C)), the confidence is at
+    least `min_confidence` and the pixel is finite; confidences are the DLT weights.
+    """
+    kp = np.asarray(keypoints, float)
+    if kp.ndim != 4 or kp.shape[-1] != 3:
+        raise ValueError(f"triangulate_keypoints: keypoints {kp.shape}, expected (N, C, J, 3)")
+    if kp.shape[1] != len(cameras):
+        raise ValueError(
+            f"triangulate_keypoints: {kp.shape[1]} keypoint views for {len(cameras)} cameras"
+        )
+    conf = kp[..., 2]
+    w = np.where(np.isfinite(conf) & (conf >= min_confidence), conf, 0.0)
+    if camera_mask is not None:
+        w = w * np.asarray(camera_mask, bool)[..., None]
+    uv = undistort_pixels(cameras, kp[..., :2])
+    return triangulate(projection_matrices(cameras) if P is None else P, uv, w, outlier_px)
