@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 setup: $(BIN)/.installed
 
 run: $(BIN)/.installed
-	$(BIN)/gait-stream synth --hours 0.01 --out runs/synth-demo --seed 1
+	$(BIN)/gait-stream start
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .

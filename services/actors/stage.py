@@ -1,0 +1,224 @@
+"""What every pipeline stage shares: a bounded inbox, a worker thread, batched metrics.
+
+Why a worker thread: a Ray actor runs its methods one at a time, so a stage whose work ran
+inside `put()` would make its callers queue up in Ray (unbounded, invisible). Here `put()` only
+appends to a bounded deque and returns; the worker drains everything queued at once (natural
+batching), and when the inbox is full the *oldest* message is dropped and counted, so a slow
+stage loses data instead of making the pipeline fall behind.
+
+Metrics are accumulated locally and sent to the metrics actor every `flush_s` (one Ray call
+instead of one per sample).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from services.actors.metrics import MetricsBuffer
+
+__all__ = ["Local", "Stage", "call"]
+
+log = logging.getLogger(__name__)
+
+
+class _LocalMethod:
+    def __init__(self, fn: Any) -> None:
+        self._fn = fn
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn(*args, **kwargs)
+
+
+class Local:
+    """Make a plain object look like a Ray actor handle (`obj.method.remote(...)`): tests."""
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __getattr__(self, name: str) -> _LocalMethod:
+        return _LocalMethod(getattr(self._obj, name))
+
+
+def call(handle: Any, method: str, *args: Any) -> None:
+    """Fire-and-forget `handle.method.remote(*args)`; a missing downstream is allowed."""
+    if handle is not None:
+        getattr(handle, method).remote(*args)
+
+
+def _pcts(values: deque[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    v = sorted(values)
+    return {
+        "p50": round(v[len(v) // 2] * 1e3, 2),
+        "p99": round(v[min(len(v) - 1, int(len(v) * 0.99))] * 1e3, 2),
+    }
+
+
+class Stage:
+    """Base of the pipeline stages; subclasses implement `step(messages)`."""
+
+    stage = "stage"  # the {stage} label of the stage's metrics
+    idle_s = 0.005  # longest sleep between steps when nothing arrives
+
+    def __init__(
+        self,
+        *,
+        metrics: Any = None,
+        max_depth: int = 32,
+        flush_s: float = 0.25,
+    ) -> None:
+        self.metrics = metrics
+        self.max_depth = int(max_depth)
+        self.flush_s = float(flush_s)
+        self.buf = MetricsBuffer()
+        self._inbox: deque[Any] = deque()
+        self._cv = threading.Condition()
+        self._running = False
+        self._thread: threading.Thread | None = None
+        self._last_flush = time.monotonic()
+        self._errors: dict[str, float] = {}
+        self.dropped = 0
+        self.incarnation = uuid.uuid4().hex  # a new one when Ray restarts the actor
+        # self-diagnosis (status()): inbox wait of the oldest message, and step durations
+        self._oldest_put: float | None = None
+        self._waits: deque[float] = deque(maxlen=2000)
+        self._steps: deque[float] = deque(maxlen=2000)
+        self._step_cpu: deque[float] = deque(maxlen=2000)
+
+    # ------------------------------------------------------------------ actor API
+
+    def put(self, msg: Any) -> None:
+        """Queue a message; when `max_depth` are already waiting, drop the oldest."""
+        with self._cv:
+            if len(self._inbox) >= self.max_depth:
+                self._inbox.popleft()
+                self.dropped += 1
+                self.buf.inc("dropped", (self.stage, "queue_full"))
+            self._inbox.append(msg)
+            if self._oldest_put is None:
+                self._oldest_put = time.perf_counter()
+            self._cv.notify()
+
+    def connect(self, **handles: Any) -> bool:
+        """Set the downstream handles (metrics, sync, inference, gait, publish).
+
+        Not constructor arguments: Ray cannot restart an actor whose constructor arguments
+        hold other actors' handles, so the pipeline (and its supervisor) wires them here.
+        """
+        for name, handle in handles.items():
+            if name not in ("metrics", "sync", "inference", "gait", "publish"):
+                raise ValueError(f"{self.stage}: unknown downstream {name!r}")
+            setattr(self, name, handle)
+        return True
+
+    def start(self) -> bool:
+        if self._thread is None:
+            self._running = True
+            self._thread = threading.Thread(target=self._loop, name=self.stage, daemon=True)
+            self._thread.start()
+        return True
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the worker (after it finishes the current step), flush, release resources."""
+        self._running = False
+        with self._cv:
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self.flush(force=True)  # while sockets and inlets are still there to report on
+        try:
+            self.close()
+        finally:
+            self.flush(force=True)
+        return self.summary()
+
+    def ping(self) -> bool:
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """For the supervisor: which instance this is, and whether its worker runs."""
+        alive = self._thread is not None and self._thread.is_alive()
+        return {
+            "incarnation": self.incarnation,
+            "running": alive,
+            "queued": len(self._inbox),
+            "pid": os.getpid(),
+            "inbox_wait_ms": _pcts(self._waits),
+            "step_ms": _pcts(self._steps),
+            "step_cpu_ms": _pcts(self._step_cpu),
+        }
+
+    def cpu(self) -> float:
+        """CPU seconds this actor's process has used (for the bench)."""
+        return time.process_time()
+
+    def summary(self) -> dict[str, Any]:
+        return {"dropped": self.dropped}
+
+    # ------------------------------------------------------------------ subclass API
+
+    def step(self, messages: list[Any]) -> None:
+        """Handle what arrived since the last step (may be empty: timers)."""
+
+    def close(self) -> None:
+        """Release sockets/outlets; called once from stop()."""
+
+    # ------------------------------------------------------------------ internals
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_flush < self.flush_s:
+            return
+        self._last_flush = now
+        self.buf.set("queue_depth", (self.stage,), len(self._inbox))
+        payload = self.buf.take()
+        if payload and self.metrics is not None:
+            try:
+                self.metrics.report.remote(payload)
+            except Exception as exc:  # metrics must never stop the data path
+                self.log_error("metrics", exc)
+
+    def log_error(self, what: str, exc: BaseException) -> None:
+        """Log a failure once per kind and minute (with a traceback the first time)."""
+        key = f"{what}:{type(exc).__name__}"
+        now = time.monotonic()
+        last = self._errors.get(key)
+        if last is None:
+            log.exception("%s stage: %s failed: %s", self.stage, what, exc)
+        elif now - last > 60.0:
+            log.error("%s stage: %s failed again: %s", self.stage, what, exc)
+        else:
+            return
+        self._errors[key] = now
+
+    def _loop(self) -> None:
+        while self._running:
+            with self._cv:
+                if not self._inbox:
+                    self._cv.wait(timeout=self.idle_s)
+                msgs = list(self._inbox)
+                self._inbox.clear()
+                queued_at, self._oldest_put = self._oldest_put, None
+            if not self._running:
+                break
+            t0 = time.perf_counter()
+            c0 = time.thread_time()
+            if queued_at is not None:
+                self._waits.append(t0 - queued_at)
+            try:
+                self.step(msgs)
+            except Exception as exc:
+                self.dropped += len(msgs)
+                self.buf.inc("dropped", (self.stage, "error"), max(1, len(msgs)))
+                self.log_error("step", exc)
+            if msgs:
+                self._steps.append(time.perf_counter() - t0)
+                self._step_cpu.append(time.thread_time() - c0)
+            self.flush()

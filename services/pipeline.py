@@ -1,0 +1,462 @@
+"""Wiring from a config: the simulated lab (if any), the Ray actors, the run, a clean stop.
+
+`run_pipeline(config, duration, address)` is what `gait-stream start`, the bench and the
+end-to-end tests call. It connects to Ray (`address`, else `ray.address` of the config, else
+RAY_ADDRESS, else a new local Ray with `ray.num_cpus` CPUs and no dashboard), starts one actor
+per role, runs until `duration` passes, `stop` is set or Ctrl-C, then stops the stages in data
+order, closes every outlet and socket, and shuts Ray down if it started it.
+
+Actor placement: every actor asks for 0 CPUs (they are I/O-bound threads, and a 2-core laptop
+must hold seven of them); the inference actor asks for a GPU when the cluster has one and the
+config does not say `device: cpu`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pylsl
+
+from services.config import Config, simulated_subjects
+
+__all__ = ["Pipeline", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+ACTOR_START_TIMEOUT_S = 60.0
+MAX_RESTARTS = 3  # Ray restarts a crashed actor this often; supervise() resumes its work
+STOP_TIMEOUT_S = 10.0
+
+
+def connect_ray(config: Config, address: str | None) -> bool:
+    """Connect to (or start) Ray; returns True when this call started it."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return False
+    addr = address or config.ray.address or os.environ.get("RAY_ADDRESS")
+    if addr:
+        ray.init(address=addr, log_to_driver=True)
+        return False
+    ray.init(
+        address="local",
+        num_cpus=config.ray.num_cpus,
+        include_dashboard=False,
+        log_to_driver=True,
+    )
+    return True
+
+
+@dataclass
+class Pipeline:
+    """The running pieces (handles), for status queries and the stop sequence."""
+
+    config: Config
+    lab: Any = None
+    actors: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    started_ray: bool = False
+    incarnations: dict[str, str] = field(default_factory=dict)
+
+    def snapshot(self, window_s: float | None = 5.0, timeout: float = 2.0) -> dict[str, Any]:
+        import ray
+
+        metrics = self.actors.get("metrics")
+        if metrics is None:
+            return {}
+        return ray.get(metrics.snapshot.remote(window_s), timeout=timeout)
+
+
+def _check_port(host: str, port: int, what: str) -> None:
+    """Fail early, in words, when a port the pipeline must bind is taken."""
+    if port == 0:
+        return
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise ValueError(f"{what}: cannot bind {host}:{port} ({exc.strerror})") from None
+
+
+def _check_ports(cfg: Config) -> None:
+    if cfg.metrics.enabled:
+        _check_port(
+            cfg.metrics.host, cfg.metrics.port, f"{cfg.source}: metrics.port (or --metrics-port)"
+        )
+    ep = cfg.outputs.zmq
+    if ep and ep.startswith("tcp://") and not ep.endswith(":*"):
+        host, _, port = ep[len("tcp://") :].rpartition(":")
+        if port.isdigit() and host in ("127.0.0.1", "localhost", "0.0.0.0", "*"):
+            _check_port(
+                "127.0.0.1" if host != "0.0.0.0" else host, int(port), f"{cfg.source}: outputs.zmq"
+            )
+
+
+def _prepare(config: Config, run_tag: str | None) -> tuple[Config, Any, list[Any]]:
+    """Resolve simulated subjects/endpoints and create (not start) the simulated lab.
+
+    Returns the config as run, the lab (or None) and the calibrated cameras: the lab's, or
+    those of `calibration` (a path relative to the config file's folder).
+    """
+    cfg = copy.deepcopy(config)
+    if not cfg.simulate.enabled:
+        cameras: list[Any] = []
+        if cfg.calibration:
+            from fusion.camera import load_rig
+
+            path = Path(cfg.calibration)
+            if not path.is_absolute() and Path(cfg.source).is_file():
+                path = Path(cfg.source).parent / path
+            try:
+                cameras = load_rig(path)
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{cfg.source}: calibration: {exc}") from None
+        return cfg, None, cameras
+    from drivers.simlab import SimulatedLab, default_run_tag
+    from fusion.synth import LabSpec
+
+    sim = cfg.simulate
+    tag = run_tag or sim.run_tag or default_run_tag()
+    if not cfg.subjects:
+        cfg.subjects = simulated_subjects(sim, tag)
+    fixed = {c.camera: c.endpoint for s in cfg.subjects for c in s.cameras if c.endpoint != "auto"}
+    spec = LabSpec(
+        subjects=sim.subjects,
+        imu_rate=sim.imu_rate,
+        camera_rate=sim.camera_rate,
+        n_cameras=sim.n_cameras,
+        seed=sim.seed,
+        activity=sim.activity,
+    )
+    lab = SimulatedLab(
+        spec,
+        imu_stream_prefix=sim.imu_stream_prefix,
+        zmq_endpoints=fixed,
+        jitter_s=sim.jitter_ms / 1e3,
+        push_period_s=sim.push_period_ms / 1e3,
+        run_tag=tag,
+    )
+    # a name alone could also match another lab on this network: pin our own streams
+    own = {}
+    for k in range(sim.subjects):
+        names, sids = lab.imu_stream_names(k), lab.imu_source_ids(k)
+        own.update({names[seg]: sids[seg] for seg in names})
+    for s in cfg.subjects:
+        for stream in s.imu.values():
+            if stream is not None and stream.source_id is None and stream.name in own:
+                stream.source_id = own[stream.name]
+    bound = lab.camera_endpoints
+    for s in cfg.subjects:
+        for c in s.cameras:
+            if c.endpoint == "auto":
+                if c.camera not in bound:
+                    lab.stop()
+                    raise ValueError(
+                        f"{cfg.source}: camera {c.camera!r} has endpoint auto but the simulated "
+                        f"lab has no such camera (it has {sorted(bound)})"
+                    )
+                c.endpoint = bound[c.camera]
+    # the lab's clock starts once the pipeline listens (start_pipeline): a subject seen from
+    # its first second (standing, then walking) lets the estimator calibrate right away
+    return cfg, lab, lab.cameras
+
+
+def start_pipeline(
+    config: Config,
+    address: str | None = None,
+    *,
+    run_tag: str | None = None,
+) -> Pipeline:
+    """Start everything; the caller must call `stop_pipeline` (run_pipeline does)."""
+    import ray
+
+    from services.actors.inference import Inference
+    from services.actors.ingest_imu import ImuIngest
+    from services.actors.ingest_keypoints import KeypointIngest
+    from services.actors.metrics import Metrics
+    from services.actors.publish import Publish
+    from services.actors.sync import Sync
+
+    if not (address or config.ray.address or os.environ.get("RAY_ADDRESS")):
+        _check_ports(config)  # a local Ray: the actors bind on this machine
+    # Ray first, then the simulated lab: ray.init forks its processes, and forking while another
+    # thread (the lab's motion generator) holds a lock can hang the child forever
+    started = connect_ray(config, address)
+    pipe = Pipeline(config=config, started_ray=started)
+    try:
+        cfg, lab, cameras = _prepare(config, run_tag)
+        pipe.config, pipe.lab = cfg, lab
+        flush_s = cfg.metrics.flush_ms / 1e3
+        depth = cfg.queues.max_depth
+        subjects = cfg.subjects
+        ids = [s.id for s in subjects]
+
+        def actor(cls: type, *args: Any, num_gpus: float = 0, **kwargs: Any) -> Any:
+            return (
+                ray.remote(cls)
+                .options(num_cpus=0, num_gpus=num_gpus, max_restarts=MAX_RESTARTS)
+                .remote(*args, **kwargs)
+            )
+
+        a = pipe.actors
+        port = cfg.metrics.port if cfg.metrics.enabled else None
+        a["metrics"] = actor(Metrics, cfg.metrics.host, port)
+        a["publish"] = actor(
+            Publish, ids, cfg.outputs, rate_hz=cfg.model.rate_hz, max_depth=depth, flush_s=flush_s
+        )
+        a["gait"] = _gait_actor(actor, ids, cfg, lab, depth, flush_s)
+        gpus = 0
+        if cfg.model.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1:
+            gpus = 1
+        a["inference"] = actor(
+            Inference,
+            cfg.model.estimator,
+            cameras,
+            options=cfg.model.options,
+            device=cfg.model.device,
+            rate_hz=cfg.model.rate_hz,
+            lookahead=cfg.model.lookahead,
+            max_depth=depth,
+            flush_s=flush_s,
+            num_gpus=gpus,
+        )
+        a["sync"] = actor(
+            Sync,
+            subjects,
+            cfg=cfg.sync,
+            rate_hz=cfg.model.rate_hz,
+            max_depth=max(depth, 64),
+            flush_s=flush_s,
+        )
+        a["ingest_keypoints"] = actor(KeypointIngest, subjects, flush_s=flush_s)
+        a["ingest_imu"] = actor(
+            ImuIngest,
+            subjects,
+            resolve_timeout_s=cfg.sync.resolve_timeout_s,
+            clock_jump_s=cfg.sync.clock_jump_s,
+            tick_rate=cfg.model.rate_hz,
+            flush_s=flush_s,
+        )
+        ray.get(
+            [a[n].connect.remote(**wiring(pipe, n)) for n in a if n != "metrics"],
+            timeout=ACTOR_START_TIMEOUT_S,
+        )
+        # constructors ran (or raised) once these return; surface the first error
+        pipe.info["metrics_address"] = ray.get(
+            a["metrics"].address.remote(), timeout=ACTOR_START_TIMEOUT_S
+        )
+        pipe.info["estimator"] = ray.get(
+            a["inference"].info.remote(), timeout=ACTOR_START_TIMEOUT_S
+        )
+        pipe.info["outputs"] = ray.get(
+            a["publish"].endpoints.remote(), timeout=ACTOR_START_TIMEOUT_S
+        )
+        a["metrics"].declare.remote(_zero_series(pipe, cfg))
+        downstream = ["publish", "gait", "inference", "sync"]
+        ray.get([a[n].start.remote() for n in downstream if a.get(n) is not None])
+        pipe.info["imu"] = ray.get(a["ingest_imu"].open.remote(), timeout=ACTOR_START_TIMEOUT_S)
+        if lab is not None:
+            lab.start()
+        ray.get([a["ingest_imu"].start.remote(), a["ingest_keypoints"].start.remote()])
+        supervise(pipe)  # records every actor's incarnation
+        pipe.info["started_at"] = pylsl.local_clock()
+        pipe.info["subjects"] = ids
+    except BaseException:
+        stop_pipeline(pipe)
+        raise
+    return pipe
+
+
+def _zero_series(pipe: Pipeline, cfg: Config) -> list[tuple[str, tuple[str, ...]]]:
+    """Counters that exist (at 0) from the start, so dashboards and alerts have data."""
+    from services.actors.ingest_imu import imu_sources
+
+    series = [("dropped", (st, "queue_full")) for st in ("sync", "inference", "gait", "publish")]
+    series += [("dropped", ("sync", "behind")), ("dropped", ("ingest", "backlog"))]
+    series += [("restarts", (name,)) for name in pipe.actors]
+    for subj in cfg.subjects:
+        series += [("masked", (subj.id, m)) for m in ("imu", "video")]
+        series += [("output", (subj.id, o)) for o in ("angles", "events", "gait")]
+        for cam in subj.cameras:
+            series += [("input", (subj.id, cam.camera, "keypoints"))]
+            series += [("late", (subj.id, cam.camera))]
+            series.append(("bad_input", (cam.camera, "wrong_joint_count")))
+    for src in imu_sources(cfg.subjects):
+        series += [("input", (src.subject, src.label, "imu")), ("late", (src.subject, src.label))]
+        series.append(("bad_input", (src.label, "nonfinite")))
+    return series
+
+
+def wiring(pipe: Pipeline, name: str) -> dict[str, Any]:
+    """The downstream handles of actor `name` (see Stage.connect)."""
+    a = pipe.actors
+    down = {
+        "ingest_imu": ("sync",),
+        "ingest_keypoints": ("sync",),
+        "sync": ("inference",),
+        "inference": ("publish", "gait"),
+        "gait": ("publish",),
+        "publish": (),
+    }[name]
+    return {"metrics": a.get("metrics"), **{d: a.get(d) for d in down}}
+
+
+def _gait_actor(
+    actor: Callable[..., Any],
+    ids: list[str],
+    cfg: Config,
+    lab: Any,
+    depth: int,
+    flush_s: float,
+) -> Any:
+    from services.actors.gait import Gait
+
+    bodies = None
+    if lab is not None:
+        try:
+            bodies = {f"s{k}": b for k, b in enumerate(lab.lab.bodies)}
+        except Exception:  # a lab without body models: GaitTracker's default body
+            bodies = None
+    return actor(
+        Gait,
+        ids,
+        rate_hz=cfg.model.rate_hz,
+        bodies=bodies,
+        max_depth=depth,
+        flush_s=flush_s,
+    )
+
+
+def supervise(pipe: Pipeline, timeout: float = 2.0) -> list[str]:
+    """Resume actors that Ray restarted after a crash; returns their names.
+
+    A restarted actor ran its constructor again (same arguments, same downstream handles) but
+    its worker thread is not running and an ingest actor has no inlets: this starts them and
+    counts gait_stream_actor_restarts_total{actor}.
+    """
+    import ray
+
+    refs = {name: handle.status.remote() for name, handle in pipe.actors.items()}
+    resumed = []
+    for name, ref in refs.items():
+        try:
+            st = ray.get(ref, timeout=timeout)
+        except Exception:
+            continue  # restarting (or gone): look again next time
+        known = pipe.incarnations.get(name)
+        pipe.incarnations[name] = st["incarnation"]
+        if known is None or known == st["incarnation"]:
+            continue
+        log.warning("actor %s crashed and was restarted by Ray; resuming it", name)
+        resumed.append(name)
+        handle = pipe.actors[name]
+        if name != "metrics":
+            ray.get(handle.connect.remote(**wiring(pipe, name)), timeout=timeout)
+        if name == "ingest_imu":
+            ray.get(handle.open.remote(), timeout=ACTOR_START_TIMEOUT_S)
+        if name != "metrics":
+            handle.start.remote()
+        if "metrics" in pipe.actors:
+            pipe.actors["metrics"].report.remote({"inc": {("restarts", (name,)): 1}})
+    return resumed
+
+
+def stop_pipeline(pipe: Pipeline) -> dict[str, Any]:
+    """Stop stages in data order (sources first), close outlets, release Ray if ours."""
+    import ray
+
+    summary: dict[str, Any] = {}
+    order = ["ingest_imu", "ingest_keypoints", "sync", "inference", "gait", "publish"]
+    if ray.is_initialized():
+        try:
+            snap = pipe.snapshot(window_s=None, timeout=STOP_TIMEOUT_S)
+        except Exception:
+            snap = {}
+        for name in order:
+            handle = pipe.actors.get(name)
+            if handle is None:
+                continue
+            try:
+                summary[name] = ray.get(handle.stop.remote(), timeout=STOP_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("stopping %s failed: %s", name, exc)
+        try:
+            # the final flushes above reached the metrics actor before this call
+            summary["metrics"] = pipe.snapshot(window_s=None, timeout=STOP_TIMEOUT_S) or snap
+        except Exception:
+            summary["metrics"] = snap
+        if "metrics" in pipe.actors:
+            try:
+                ray.get(pipe.actors["metrics"].stop.remote(), timeout=STOP_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("stopping metrics failed: %s", exc)
+        for handle in pipe.actors.values():
+            with contextlib.suppress(Exception):  # already dead is fine
+                ray.kill(handle)
+    pipe.actors.clear()
+    if pipe.lab is not None:
+        pipe.lab.stop()
+        summary["lab"] = {"pushes": pipe.lab.pushes, "late_pushes": pipe.lab.late_pushes}
+        pipe.lab = None
+    if pipe.started_ray and ray.is_initialized():
+        ray.shutdown()
+    return summary
+
+
+def run_pipeline(
+    config: Config,
+    duration: float | None = None,
+    address: str | None = None,
+    *,
+    on_ready: Callable[[Pipeline], None] | None = None,
+    on_status: Callable[[Pipeline, dict[str, Any]], None] | None = None,
+    status_every_s: float = 1.0,
+    stop: threading.Event | None = None,
+    run_tag: str | None = None,
+) -> dict[str, Any]:
+    """Run the lab until `duration` s, `stop` or Ctrl-C; returns the stop summary.
+
+    `on_ready(pipe)` runs once everything is up; `on_status(pipe, snapshot)` every
+    `status_every_s` (the live view). Ctrl-C ends the run cleanly, like the duration.
+    """
+    pipe = start_pipeline(config, address, run_tag=run_tag)
+    interrupted = False
+    try:
+        if on_ready is not None:
+            on_ready(pipe)
+        t_end = None if duration is None else time.monotonic() + duration
+        next_status = time.monotonic() + status_every_s
+        while True:
+            now = time.monotonic()
+            if t_end is not None and now >= t_end:
+                break
+            if stop is not None and stop.is_set():
+                break
+            wake = min(next_status, t_end if t_end is not None else next_status)
+            time.sleep(max(0.0, min(0.2, wake - now)))
+            if time.monotonic() >= next_status:
+                next_status += status_every_s
+                try:
+                    supervise(pipe)
+                    if on_status is not None:
+                        on_status(pipe, pipe.snapshot(window_s=5.0))
+                except Exception as exc:
+                    log.warning("status query failed: %s", exc)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        summary = stop_pipeline(pipe)
+    summary["interrupted"] = interrupted
+    summary["info"] = pipe.info
+    return summary
