@@ -91,6 +91,7 @@ class Stage:
         self._waits: deque[float] = deque(maxlen=2000)
         self._steps: deque[float] = deque(maxlen=2000)
         self._step_cpu: deque[float] = deque(maxlen=2000)
+        self._thread_cpu_final = 0.0
 
     # ------------------------------------------------------------------ actor API
 
@@ -159,6 +160,16 @@ class Stage:
         """CPU seconds this actor's process has used (for the bench)."""
         return time.process_time()
 
+    def thread_cpu(self) -> float:
+        """CPU seconds of this stage's worker thread (stages sharing a process, see host.py)."""
+        th = self._thread
+        if th is None or th.ident is None or not th.is_alive():
+            return self._thread_cpu_final
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(th.ident))
+        except (OSError, AttributeError):
+            return self._thread_cpu_final
+
     def summary(self) -> dict[str, Any]:
         return {"dropped": self.dropped}
 
@@ -222,3 +233,4 @@ class Stage:
                 self._steps.append(time.perf_counter() - t0)
                 self._step_cpu.append(time.thread_time() - c0)
             self.flush()
+        self._thread_cpu_final = time.thread_time()

@@ -5,6 +5,10 @@ entry, as drivers.imu_replay publishes them; `configs/qmt_replay.yaml` is the ru
 that consumes them. The default file is the shared data copy: `$GAIT_STREAM_SHARED_DATA` (the
 data folder) or `../shared/data` beside the checkout, then
 `imu/qmt_fullbody_16imu/full_body_example_data.mat`.
+
+`--run-pipeline --config configs/qmt_replay.yaml` also runs the pipeline on the replayed
+streams in this process (services.commands.replay.run_with_pipeline): it starts and connects
+first, then the replay starts; the run ends when the replay does (or after `--duration`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 from drivers.imu_replay import ImuArrayPublisher
 from drivers.qmt_fullbody import DEFAULT_RELATIVE_PATH, QmtFormatError, load_qmt_fullbody
+from services.commands.replay import run_with_pipeline
 
 __all__ = ["default_file", "register", "run"]
 
@@ -49,6 +54,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--start", type=float, default=0.0, help="start this many s into the file")
     p.add_argument("--duration", type=float, default=None, help="replay this many s (default: all)")
+    g = p.add_argument_group("pipeline on the replayed streams")
+    g.add_argument(
+        "--run-pipeline",
+        action="store_true",
+        help="also run the pipeline (config --config) on the replayed streams until the "
+        "replay ends",
+    )
+    g.add_argument("--config", help="pipeline config for --run-pipeline (configs/qmt_replay.yaml)")
+    g.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS or a local Ray)")
+    g.add_argument("--metrics-port", type=int, help="Prometheus port (overrides metrics.port)")
     p.add_argument(
         "--speed",
         type=float,
@@ -79,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     pub = ImuArrayPublisher(
         rec.data, rec.rate, args.prefix, args.prefix, rec.segments, loop=args.loop, speed=args.speed
     )
+    if args.run_pipeline:
+        return _replay_into_pipeline(args, pub, path, rec.duration)
     names = ", ".join(pub.stream_names.values())
     print(
         f"replaying {path.name} {args.start:g}–{args.start + rec.duration:g} s "
@@ -122,3 +139,30 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _replay_into_pipeline(
+    args: argparse.Namespace, pub: ImuArrayPublisher, path: Path, duration: float
+) -> int:
+    """The replay plus the pipeline of --config, for the replay's length (or until Ctrl-C)."""
+    print(
+        f"replaying {path.name} {args.start:g}–{args.start + duration:g} s "
+        f"(speed {args.speed:g}{', loop' if args.loop else ''}) into the pipeline of "
+        f"{args.config}",
+        file=sys.stderr,
+        flush=True,
+    )
+    # --duration is the replay's length here; the pipeline stops when the replay has ended.
+    run_args = argparse.Namespace(**{**vars(args), "duration": None})
+    code = run_with_pipeline(
+        run_args, pub.start, lambda: pub.done, pub.close, "gait-stream replay-imu"
+    )
+    if pub.error is not None:
+        print(f"gait-stream replay-imu: replay failed: {pub.error}", file=sys.stderr)
+        code = code or 1
+    print(
+        f"sent {pub.sent} samples per stream ({pub.sent / pub.rate:.2f} s of recording, "
+        f"{pub.late_pushes} late pushes)",
+        file=sys.stderr,
+    )
+    return code

@@ -1,0 +1,140 @@
+"""The real 13-IMU recording end to end: qmt replay → pipeline (configs/qmt_replay.yaml) → angles.
+
+drivers.imu_replay.ImuArrayPublisher replays the qmt full-body recording from 30 s (the subject
+stands until ~39 s, then moves) at speed 1 under uuid-named streams; run_pipeline runs
+configs/qmt_replay.yaml with those names, its own ports and output source id; an inlet reads
+`gait-stream/angles`. Checked: consecutive samples one model tick apart, ~60 Hz arrival, the
+classical estimator calibrates and states finite knee angles, and the knee flexion stays within
+a physiological range. The hip angles on this recording are printed, not bounded (see the
+report: the classical estimator's hip angles on this data are not yet trustworthy).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pylsl
+import pytest
+import yaml
+
+from drivers.imu_replay import ImuArrayPublisher
+from drivers.qmt_fullbody import DEFAULT_RELATIVE_PATH, load_qmt_fullbody
+from drivers.selectors import StreamSelector, resolve
+from fusion.skeleton import ANGLE_INDEX, ANGLES, LOWER_LIMB_ANGLES, SEGMENTS
+from services.config import parse_config
+from services.pipeline import run_pipeline
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "qmt_replay.yaml"
+START_S = 30.0  # stand ~30-39 s, then movement
+REPLAY_S = 23.0  # of recording, at speed 1
+KNEE_RANGE_DEG = (-15.0, 90.0)
+MIN_STATED_S = 5.0  # knee angles stated at least this long after calibration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.known_issue(
+    reason="the classical estimator does not calibrate on the real qmt stand-then-move window (angles stay NaN)"
+)
+def test_qmt_replay_through_pipeline(shared_data: Path, ray_session: None) -> None:
+    rec = load_qmt_fullbody(shared_data / DEFAULT_RELATIVE_PATH).window(START_S, REPLAY_S)
+    tag = f"qmt{uuid.uuid4().hex[:8]}"
+    pub = ImuArrayPublisher(rec.data, rec.rate, tag, tag, rec.segments)
+    data = yaml.safe_load(CONFIG.read_text())
+    for seg, sel in data["subjects"][0]["imu"].items():
+        sel["name"] = f"{tag}-{seg}"
+    data["metrics"]["port"] = free_port()
+    out_id = f"gs-{tag}"
+    data["outputs"]["lsl_source_id"] = out_id
+    data["outputs"]["zmq"] = f"tcp://127.0.0.1:{free_port()}"
+    cfg = parse_config(data, source=str(CONFIG))
+    assert set(rec.segments) == set(SEGMENTS)
+
+    got_t: list[float] = []
+    got_x: list[list[float]] = []
+    arrivals: list[float] = []
+    stop = threading.Event()
+    done = threading.Event()
+
+    def read(inlet: pylsl.StreamInlet) -> None:
+        while not done.is_set():
+            x, t = inlet.pull_chunk(timeout=0.1)
+            if t:
+                got_t.extend(t)
+                got_x.extend(x)
+                arrivals.extend([time.monotonic()] * len(t))
+
+    threads: list[threading.Thread] = []
+
+    def on_ready(pipe: Any) -> None:
+        assert not pipe.info.get("imu", {}).get("missing"), pipe.info.get("imu")
+        sel = StreamSelector(source_id=f"{out_id}/angles/qmt")
+        infos = resolve([sel], 10.0, minimum=1)[sel]
+        assert infos, f"no angles stream {sel.source_id!r}"
+        inlet = pylsl.StreamInlet(infos[0], max_buflen=120, processing_flags=0)
+        inlet.open_stream(5.0)
+        threads.append(threading.Thread(target=read, args=(inlet,), daemon=True))
+        threads[0].start()
+        pub.start()
+
+        def until_done() -> None:
+            pub.join()
+            time.sleep(1.0)
+            stop.set()
+
+        threading.Thread(target=until_done, daemon=True).start()
+
+    try:
+        summary = run_pipeline(cfg, REPLAY_S + 20.0, on_ready=on_ready, stop=stop)
+    finally:
+        pub.close()
+        done.set()
+        for th in threads:
+            th.join(5.0)
+    assert pub.error is None and pub.sent == rec.data.shape[0]
+
+    t = np.asarray(got_t)
+    x = np.asarray(got_x, dtype=float).reshape(-1, len(ANGLES))
+    arr = np.asarray(arrivals)
+    assert len(t) > 0.8 * 60 * REPLAY_S, f"only {len(t)} angle samples; {summary.get('publish')}"
+    assert np.allclose(np.diff(t), 1 / 60, atol=1e-4), "angle samples must be one tick apart"
+    window = (arr > arr[0] + 2.0) & (arr < arr[-1] - 1.0)
+    rate = window.sum() / (arr[window][-1] - arr[window][0])
+
+    knees = [ANGLE_INDEX["knee_flexion_l"], ANGLE_INDEX["knee_flexion_r"]]
+    stated = np.isfinite(x[:, knees]).all(axis=1)
+    first = int(np.argmax(stated)) if stated.any() else len(t)
+    ranges = {
+        a: (float(np.nanmin(x[:, ANGLE_INDEX[a]])), float(np.nanmax(x[:, ANGLE_INDEX[a]])))
+        for a in LOWER_LIMB_ANGLES
+        if np.isfinite(x[:, ANGLE_INDEX[a]]).any()
+    }
+    print(
+        f"qmt pipeline: {len(t)} samples, arrival rate {rate:.2f} Hz, calibrated after "
+        f"{(t[first] - t[0]) if first < len(t) else float('nan'):.1f} s, knee stated "
+        f"{stated.sum()} ticks; ranges (deg): "
+        + ", ".join(f"{a} {lo:.1f}..{hi:.1f}" for a, (lo, hi) in ranges.items())
+    )
+    assert 55.0 < rate < 65.0, f"output rate {rate:.1f} Hz"
+    assert stated.sum() > MIN_STATED_S * 60, (
+        f"knee angles stated for only {stated.sum()} ticks (calibration not reached?)"
+    )
+    after = stated[first:].mean()
+    assert after > 0.95, f"knee angles NaN on {100 * (1 - after):.1f} % of ticks after calibration"
+    lo, hi = KNEE_RANGE_DEG
+    for i, a in zip(knees, ("knee_flexion_l", "knee_flexion_r"), strict=True):
+        k = x[first:, i][np.isfinite(x[first:, i])]
+        assert lo <= k.min() and k.max() <= hi, f"{a} spans {k.min():.1f}..{k.max():.1f} deg"
+        assert k.max() - k.min() > 10.0, f"{a} hardly moves ({k.min():.1f}..{k.max():.1f} deg)"
