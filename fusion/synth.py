@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
+from threadpoolctl import threadpool_limits
 
 from fusion.activities import ACTIVITIES, PATHOLOGIES, MotionSpec, end_state, generate_motion
 from fusion.body import BodyModel, BodyShape
@@ -303,7 +304,18 @@ def _project_all(cams: list[PinholeCamera], points: np.ndarray) -> tuple[np.ndar
 def generate_sequence(
     params: SequenceParams, seed: int, normative: NormativeSet | None = None
 ) -> SynthSequence:
-    """One sequence at `params.model_rate`; see docs/dataset_format.md for every array."""
+    """One sequence at `params.model_rate`; see docs/dataset_format.md for every array.
+
+    Runs with one BLAS thread: threaded BLAS sums in another order, and the same seed must
+    give the same bytes whichever process or thread count makes it.
+    """
+    with threadpool_limits(limits=1):
+        return _generate_sequence(params, seed, normative)
+
+
+def _generate_sequence(
+    params: SequenceParams, seed: int, normative: NormativeSet | None
+) -> SynthSequence:
     if not isinstance(params, SequenceParams):
         raise TypeError(f"generate_sequence params: expected SequenceParams, got {type(params)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
