@@ -13,9 +13,16 @@
 Without `start` a block begins in the activity's steady state at the origin. With `start`
 (the `end_state` of the previous block) it continues without jumps: same time, position,
 heading, gait phase and DOFs (the DOF difference fades out over FADE_TIME with matching
-rate), and a walking start stops first before a non-gait activity, a standing one starts to
-walk. Block k+1's first sample repeats block k's last one (same time): drop one when
+rate; the root joins with matching velocity), and a walking start stops first before a
+non-gait activity or a switch between walking and running, a standing one starts to walk.
+Block k+1's first sample repeats block k's last one (same time): drop one when
 concatenating.
+
+The planted root is low-passed (fusion.walking.smooth_root; harder for running, whose
+flights join the stance with a kink), the turn rate ramps in and out of single support with
+C² ramps, and every blend (start, stop, fade) is at least C¹, so the motion is smooth at the
+120 Hz grid: tests/test_motion_smoothness.py holds root, joint and virtual-IMU accelerations
+to a human range.
 
 Labels (`Motion.labels`): activity intervals, gait events at fixed phases of the template
 (heel strike at 0/½, toe off at the stance fraction) while the gait amplitude is ≥ 0.5, and
@@ -52,6 +59,7 @@ from fusion.walking import (
     jog_cadence,
     plant_root,
     sample_gait_subject,
+    smooth_root,
 )
 
 ACTIVITIES: tuple[str, ...] = (
@@ -77,11 +85,17 @@ __all__ = [
 
 TOUCHDOWN_SPEED = 0.3  # m/s: vertical speed of the landing foot at touchdown (running)
 FADE_TIME = 0.6  # s: DOF mismatch with the start state fades out over this time
+WALK_STANCE = 0.62  # stance fraction a stopping run's support schedule turns into
 START_TIME = 1.2  # s: gait initiation (amplitude 0 → 1)
 STOP_TIME = 1.2  # s: gait termination (amplitude 1 → 0)
 EVENT_AMPLITUDE = 0.25  # gait events are labelled only where the amplitude is at least this
 TURN_PEAK_RATE = 60.0  # deg/s: peak rate of the 180° turns of the "turn" activity
 MAX_TURN_RATE = 120.0  # deg/s: largest accepted MotionSpec.turn_rate_deg_s
+#: Hz (horizontal, vertical): running's planted root is low-passed harder than walking's
+#: (fusion.walking.ROOT_CUTOFF_HZ): each landing and take-off joins a ballistic flight to the
+#: stance with a kink
+RUNNING_ROOT_CUTOFF_HZ = (8.0, 8.0)
+TURN_GATE_EDGE = 0.08  # cycles: the turn rate ramps in/out over this after/before double support
 _MAX_FS = 2000.0
 
 
@@ -307,6 +321,12 @@ def _knots(t: np.ndarray, kt: list[float], kv: list[float]) -> np.ndarray:
     return kv_a[i] + s * (kv_a[i + 1] - kv_a[i])
 
 
+def _smootherstep(x: np.ndarray) -> np.ndarray:
+    """C² step from 0 (x ≤ 0) to 1 (x ≥ 1)."""
+    x = np.clip(x, 0.0, 1.0)
+    return x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
+
+
 def _integrate(t: np.ndarray, rate: np.ndarray, x0: float) -> np.ndarray:
     out = np.empty(len(t))
     out[0] = x0
@@ -378,9 +398,12 @@ def _gait(ctx: _Context, *, running: bool = False) -> _Block:
     )
     if pathology in ("crouch", "stiff_knee", "braced_knee"):
         cadence *= 0.9
+    switch = _gait_change(ctx, running)
     walking_now = ctx.fresh or (start.gait_amplitude >= 0.5 and start.running == running)
     amp_k_t, amp_k_v = [t0], [1.0 if walking_now else start.gait_amplitude]
-    if not walking_now:  # start from standing (or from the other gait: via a short stop)
+    if switch:  # from the other gait: it stops first (see _switch_lead_in), then this starts
+        amp_k_t, amp_k_v = [t0, t0 + STOP_TIME, t0 + STOP_TIME + START_TIME], [0.0, 0.0, 1.0]
+    elif not walking_now:  # start from standing
         amp_k_t += [t0 + START_TIME]
         amp_k_v += [1.0]
     cad0 = cadence if ctx.fresh or start.cadence <= 0 else start.cadence
@@ -390,9 +413,8 @@ def _gait(ctx: _Context, *, running: bool = False) -> _Block:
     # start/stop schedule
     names: list[tuple[float, float, str]] = []
     if spec.activity == "start_stop":
-        amp_k_t, amp_k_v, names = _start_stop_schedule(
-            ctx, t, 1.0 if walking_now else start.gait_amplitude
-        )
+        a0 = 0.0 if switch else (1.0 if walking_now else start.gait_amplitude)
+        amp_k_t, amp_k_v, names = _start_stop_schedule(ctx, t, a0)
     amp = _knots(t, amp_k_t, amp_k_v)
     cad = _knots(t, [t0, t0 + 1.5], [cad0, cadence])
     rate = np.clip(amp / 0.35, 0.0, 1.0)  # the phase moves once the legs do
@@ -402,6 +424,13 @@ def _gait(ctx: _Context, *, running: bool = False) -> _Block:
     heading = _integrate(t, omega * _turn_gate(tpl, phase, amp), start.heading)
     dofs = _gait_dofs(ctx, tpl, phase, amp)
     weight = tpl.foot_weights(phase)
+    if switch:
+        n_lead, lead_dofs, lead_weight = _switch_lead_in(ctx, t)
+        dofs[:n_lead], weight[:n_lead] = lead_dofs, lead_weight
+        t_stop = float(t[n_lead - 1])
+        later = names or [(float(t0), float(t[-1]), spec.activity)]
+        names = [(float(t0), t_stop, "start_stop")]
+        names += [(max(a, t_stop), b, n) for a, b, n in later if b > t_stop]
     if not names:
         names = [(float(t0), float(t[-1]), spec.activity)]
     return _Block(
@@ -421,15 +450,45 @@ def _gait(ctx: _Context, *, running: bool = False) -> _Block:
     )
 
 
+def _gait_change(ctx: _Context, running: bool) -> bool:
+    """Whether this block switches between walking and running in stride."""
+    start = ctx.start
+    return (
+        not ctx.fresh
+        and start.dofs is not None
+        and start.gait_amplitude > 0.0
+        and start.running != running
+    )
+
+
+def _switch_lead_in(ctx: _Context, t: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """Walking ⇄ running: the old gait stops over STOP_TIME (its template blended toward
+    standing, like a stop before a non-gait activity) before the new one starts, because
+    fading one gait's joint angles into the other's within a stride leaves the feet where
+    neither gait's contact schedule expects them. A run's flights shrink to nothing as it
+    slows (its stance fraction grows towards a walk's), so the body lands instead of being
+    dropped. Returns (lead-in samples, their DOFs, their support weights)."""
+    start = ctx.start
+    t_stop = float(t[0]) + STOP_TIME
+    ts = t[t <= t_stop]
+    tpl = ctx.template(start.speed, start.pathology, start.running)
+    amp = _knots(ts, [ts[0], t_stop], [start.gait_amplitude, 0.0])
+    cad = start.cadence if start.cadence > 0 else cadence_for(start.speed, ctx.body)
+    rate = np.clip(amp / 0.35, 0.0, 1.0)
+    phase = _integrate(ts, cad / 120.0 * rate * rate * (3 - 2 * rate), start.phase)
+    dofs = _gait_dofs(ctx, tpl, phase, amp)
+    stance = tpl.stance + (WALK_STANCE - tpl.stance) * (1.0 - amp) if tpl.running else tpl.stance
+    return len(ts), dofs, contact_schedule(phase, stance)
+
+
 def _gait_dofs(ctx: _Context, tpl: GaitTemplate, phase: np.ndarray, amp: np.ndarray) -> np.ndarray:
     """Template DOFs at the phase, blended toward standing by the amplitude. Turning needs no
     extra DOFs: the heading only changes in single support (see _turn_gate), where the stance
     foot pivots about its contact point."""
     stand = stand_pose(ctx.subject, ctx.normative)
     dofs = stand + amp[:, None] * (tpl.dofs_at(phase) - stand)
-    partial = (amp > 0.02) & (amp < 0.98)
-    if np.any(partial) and not tpl.running:
-        dofs = clear_swing(ctx.body, dofs, phase, tpl.stance, partial, sigma=0.015 * ctx.spec.fs)
+    if not tpl.running:
+        dofs = clear_swing(ctx.body, dofs, phase, tpl.stance, amp, sigma=0.02 * ctx.spec.fs)
     return dofs
 
 
@@ -442,12 +501,11 @@ def _turn_gate(tpl: GaitTemplate, phase: np.ndarray, amp: np.ndarray) -> np.ndar
         ds = max(tpl.stance - 0.5, 0.0)
         if ds == 0.0:
             return np.ones_like(ph)
-        edge = 0.03
+        edge = TURN_GATE_EDGE
         u = np.mod(ph, 0.5)  # cycles since the last heel strike (either foot)
-        rise = np.clip((u - ds) / edge, 0.0, 1.0)
-        fall = np.clip((0.5 - u) / edge, 0.0, 1.0)
-        g = np.minimum(rise, fall)
-        return g * g * (3 - 2 * g)
+        # C² ramps (the heading's angular acceleration swings the root about the stance
+        # foot, so a kink in the rate would jerk the pelvis)
+        return _smootherstep((u - ds) / edge) * _smootherstep((0.5 - u) / edge)
 
     gate = raw(phase) / max(float(np.mean(raw(tpl.phase))), 1e-3)
     return 1.0 + np.clip(amp, 0.0, 1.0) * (gate - 1.0)
@@ -515,7 +573,7 @@ def _start_stop_schedule(
 def _jog_template(body: BodyModel, subject: GaitSubject) -> GaitTemplate:
     """A procedural running cycle (no normative source): key points of typical jogging
     kinematics (hip −10…35°, knee 15/40/90°, ankle 20/−20°), periodic cubic, stance 36 %."""
-    from fusion.walking import TEMPLATE_POINTS, _make_consistent_running, _upper_body
+    from fusion.walking import TEMPLATE_POINTS, _make_consistent, _upper_body
 
     M = TEMPLATE_POINTS
     phase = np.arange(M) / M
@@ -545,7 +603,8 @@ def _jog_template(body: BodyModel, subject: GaitSubject) -> GaitTemplate:
     for s in SIDES:
         dofs[:, DOF_INDEX[f"elbow_flexion_{s}"]] = 85.0 + 10.0 * np.sin(w)
         dofs[:, DOF_INDEX[f"shoulder_abduction_{s}"]] = 12.0
-    dofs = _make_consistent_running(body, dofs, phase, st)
+    cycle_time = 120.0 / jog_cadence(body, subject.cadence_factor)
+    dofs = _make_consistent(body, dofs, phase, st, set(), running=True, cycle_time=cycle_time)
     return GaitTemplate(phase=phase, dofs=dofs, stance=st, running=True, speed="VeryFast")
 
 
@@ -848,7 +907,8 @@ def _fade_from(t: np.ndarray, dofs: np.ndarray, start: MotionState) -> np.ndarra
 
 
 def _root(ctx: _Context, block: _Block, dofs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Plant the feet; fill flight phases (running) with ballistic-like Hermite arcs."""
+    """Plant the feet; fill flight phases (running) with ballistic-like Hermite arcs; low-pass
+    the result, joined to the start state's root and velocity."""
     P = foot_points(ctx.body, dofs)
     root, G = plant_root(
         ctx.body, dofs, block.heading, block.foot_weight, ctx.start.root[:2], P, ctx.spec.fs
@@ -856,6 +916,15 @@ def _root(ctx: _Context, block: _Block, dofs: np.ndarray) -> tuple[np.ndarray, n
     flight = ~np.isfinite(root[:, 0])
     if np.any(flight):
         root = _fill_flight(block.t, root, flight, block, G, ctx.start)
+    chained = not ctx.fresh and ctx.start.dofs is not None
+    root = smooth_root(
+        root,
+        G,
+        ctx.spec.fs,
+        ctx.start.root if chained else None,
+        ctx.start.root_velocity if chained else None,
+        RUNNING_ROOT_CUTOFF_HZ if np.any(flight) else None,
+    )
     return root, G
 
 
@@ -897,6 +966,8 @@ def _fill_flight(
         if b is not None and b < T - 1 and np.isfinite(root[b + 1, 0]):
             v1 = (root[b + 1] - root[b]) / dt[b]
             tb = t[b]
+            if a == 0 and start.dofs is None:  # fresh: already running at the landing speed
+                v0[:2] = v1[:2]
         else:
             v1, tb = v0.copy(), t[-1] + dt[-1]
         span = max(tb - ta, 1e-6)

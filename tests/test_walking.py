@@ -17,6 +17,7 @@ from fusion.walking import (
     SWING_CLEARANCE,
     build_gait_template,
     cadence_for,
+    clearance_profile,
     contact_point_speed,
     contact_schedule,
     foot_points,
@@ -26,7 +27,8 @@ from fusion.walking import (
 )
 
 #: double-support skating bound (m/s, 95th percentile): the template closure is not exact
-DOUBLE_SUPPORT_SLIP_P95 = 0.06
+#: (measured 0.007–0.016 m/s; the landing heel may slide for ≈ 30 ms)
+DOUBLE_SUPPORT_SLIP_P95 = 0.03
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +103,12 @@ def test_template_feet_meet_the_floor_when_labelled(normative) -> None:
         for k in range(2):
             u = np.mod(tpl.phase - 0.5 * k, 1.0)
             assert np.abs(h[u < tpl.stance - 0.5, k]).max() < 0.002  # double support: on floor
-            mid_swing = (u > tpl.stance + 0.1) & (u < 0.9)
-            assert h[mid_swing, k].min() > 0.8 * SWING_CLEARANCE
-            assert h[u >= tpl.stance, k].min() > -0.002
+            # the swing foot follows at least the clearance profile (full clearance mid-swing)
+            g = clearance_profile(u, tpl.stance)
+            swing = u >= tpl.stance
+            assert np.all(h[swing, k] > 0.8 * g[swing] - 0.002)
+            assert h[g > 0.95 * SWING_CLEARANCE, k].min() > 0.8 * SWING_CLEARANCE
+            assert h[swing, k].min() > -0.002
         assert tpl.stance - 0.02 <= tpl.toe_off <= tpl.stance
 
 
