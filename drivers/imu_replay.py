@@ -23,6 +23,7 @@ from types import TracebackType
 import numpy as np
 import pylsl
 
+from drivers.background import BackgroundWorker
 from drivers.lsl_outlets import make_stream_info
 from fusion.skeleton import IMU_CHANNELS, IMU_UNITS, SEGMENTS
 
@@ -38,7 +39,7 @@ def stream_names(prefix: str, segments: Sequence[str] = SEGMENTS) -> dict[str, s
     return {seg: f"{prefix}-{seg}" for seg in segments}
 
 
-class ImuArrayPublisher:
+class ImuArrayPublisher(BackgroundWorker):
     """Replays `data` (N, len(segments), 6) in real time; `start()`, then `join()`/`stop()`.
 
     Outlets exist from construction, so inlets can connect before the first sample. Progress
@@ -201,20 +202,6 @@ class ImuArrayPublisher:
             for outlet, chunk in zip(self._outlets, chunks, strict=True):
                 outlet.push_chunk(chunk, stamps)
             self.sent = k1
-
-    def stop(self) -> None:
-        """Ask the thread to stop after its current push."""
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the thread; True once it has finished. Re-raises an error it hit."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                return False
-        if self.error is not None:
-            raise self.error
-        return True
 
     def close(self) -> None:
         """Stop and withdraw every stream (idempotent)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pylsl
 
+from drivers.background import BackgroundWorker
 from drivers.selectors import StreamSelector, resolve
 from drivers.xdf_writer import XdfWriter
 
@@ -62,7 +63,7 @@ class _Rec:
     lost: bool = False
 
 
-class XdfRecorder:
+class XdfRecorder(BackgroundWorker):
     """Record `infos` into `path` until `stop()` or `duration_s`; `start()` runs it in a thread."""
 
     def __init__(
@@ -105,18 +106,6 @@ class XdfRecorder:
         except BaseException as e:
             self.error = e
             self._ready.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                return False
-        if self.error is not None:
-            raise self.error
-        return True
 
     def run(self) -> None:
         """Record (blocking) until stopped or the duration has passed."""

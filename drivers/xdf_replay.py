@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pylsl
 
+from drivers.background import BackgroundWorker
 from drivers.selectors import StreamSelector
 from drivers.xdf_reader import XdfRecording, XdfStream, load_xdf, parse_selector, select_streams
 
@@ -73,7 +74,7 @@ class _Out:
     sent: int = 0
 
 
-class XdfReplayer:
+class XdfReplayer(BackgroundWorker):
     """Replays a recording's streams on LSL outlets from a thread (`start`) or inline (`run`).
 
     Outlets exist from construction (so inlets can connect before the first sample); `close()`
@@ -233,19 +234,6 @@ class XdfReplayer:
             if o.outlet is not None:
                 o.outlet.push_chunk(chunk, stamps)
                 o.sent += len(rows)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the replay thread; True if it has finished. Re-raises its error."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                return False
-        if self.error is not None:
-            raise self.error
-        return True
 
     def close(self) -> None:
         """Stop and remove the outlets."""
