@@ -60,10 +60,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.interpolate import CubicSpline
-from scipy.linalg import cho_factor, cho_solve
 from scipy.ndimage import gaussian_filter1d, maximum_filter1d
 from scipy.signal import butter, sosfiltfilt
-from scipy.sparse import coo_matrix, csr_matrix
+from scipy.sparse import coo_matrix, csr_matrix, diags, identity, kron
+from scipy.sparse.linalg import spsolve
 
 from fusion.angles import JOINTS, local_rotations, yaw_matrix
 from fusion.body import BodyModel
@@ -703,10 +703,13 @@ class _Consistency:
         # each sample's 4 non-zero basis functions (a cubic B-spline spans 4 knot intervals)
         self.knot = np.argsort(-self.B, axis=1)[:, :4]
         self.bval = np.take_along_axis(self.B, self.knot, axis=1)
-        freedom = np.repeat([c[2] for c in self.cols], nb)
-        D2 = np.roll(np.eye(nb), -1, 1) - 2 * np.eye(nb) + np.roll(np.eye(nb), 1, 1)
-        R = np.kron(np.eye(len(self.cols)), np.eye(nb) + _ROUGHNESS * D2.T @ D2)
-        self.R = R / (np.outer(_TOL_ANGLE * freedom, _TOL_ANGLE * freedom) * _SOLVE_STRIDE)
+        # regularisation (sparse, like everything the solver touches: dense LAPACK calls on
+        # these sizes spend more time starting BLAS threads than computing)
+        scale = 1.0 / (_TOL_ANGLE * np.array([c[2] for c in self.cols]))
+        D2 = diags([1.0, -2.0, 1.0], [-1, 0, 1], shape=(nb, nb), format="lil")
+        D2[0, nb - 1] = D2[nb - 1, 0] = 1.0  # periodic
+        block = identity(nb) + _ROUGHNESS * (D2.T @ D2)
+        self.R = kron(diags(scale**2 / _SOLVE_STRIDE), block, format="csc")
         self.prev, self.next = np.roll(np.arange(M), 1), np.roll(np.arange(M), -1)
         P0 = foot_points(body, dofs)
         c0, w0 = soft_contact(P0[..., 2])
@@ -800,13 +803,13 @@ class _Consistency:
                 r, J, low = self.residuals(coef, sticky)
             if len(r) == 0:
                 break
-            cost = r @ r + coef @ R @ coef
-            H = (J.T @ J).toarray() + R
+            cost = r @ r + coef @ (R @ coef)
+            H = (J.T @ J + R).tocsc()
             grad = J.T @ r + R @ coef
             for _ in range(5):
-                step = cho_solve(cho_factor(H + damping * np.diag(np.diag(H))), -grad)
+                step = spsolve(H + damping * diags(H.diagonal()), -grad)
                 r_try = self.residuals(coef + step, sticky, jacobian=False)[0]
-                cost_try = r_try @ r_try + (coef + step) @ R @ (coef + step)
+                cost_try = r_try @ r_try + (coef + step) @ (R @ (coef + step))
                 if cost_try < cost:
                     break
                 damping *= 10.0
