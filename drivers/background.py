@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Self
 
 
 class BackgroundWorker:
@@ -10,7 +11,7 @@ class BackgroundWorker:
     the error it died of, so a caller never mistakes a crashed replay for a finished one.
 
     Subclasses create `self._stop` (an Event) in __init__ and start `self._thread`, storing
-    any exception of the thread in `self.error`.
+    any exception of the thread in `self.error`; `_release()` frees what the thread used.
     """
 
     _stop: threading.Event
@@ -30,3 +31,19 @@ class BackgroundWorker:
         if self.error is not None:
             raise self.error
         return True
+
+    def close(self) -> None:
+        """Stop, wait a moment for the thread, then release its resources (idempotent)."""
+        self.stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+        self._release()
+
+    def _release(self) -> None:
+        """Free the streams or files the worker used (subclasses override)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from types import TracebackType
 
 import numpy as np
 import pylsl
@@ -203,21 +202,7 @@ class ImuArrayPublisher(BackgroundWorker):
                 outlet.push_chunk(chunk, stamps)
             self.sent = k1
 
-    def close(self) -> None:
-        """Stop and withdraw every stream (idempotent)."""
-        self.stop()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(5.0)
+    def _release(self) -> None:
+        """Withdraw every stream."""
         with self._lock:
             self._outlets = None  # pylsl destroys each outlet with its last reference
-
-    def __enter__(self) -> ImuArrayPublisher:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -235,19 +235,10 @@ class XdfReplayer(BackgroundWorker):
                 o.outlet.push_chunk(chunk, stamps)
                 o.sent += len(rows)
 
-    def close(self) -> None:
-        """Stop and remove the outlets."""
-        self.stop()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(5.0)
+    def _release(self) -> None:
+        """Remove the outlets."""
         for o in self._outs:
             o.outlet = None  # pylsl destroys the outlet with its last reference
-
-    def __enter__(self) -> XdfReplayer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _select(recording: XdfRecording, select: Sequence[StreamSelector | str]) -> list[XdfStream]:

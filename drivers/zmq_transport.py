@@ -94,6 +94,14 @@ class _Socketed:
 
     _sockets: list[zmq.Socket]
 
+    def _open_pub(self, endpoint: str, sndhwm: int, context: zmq.Context | None) -> None:
+        """A bound PUB socket as `self._sock`; `self.endpoint` is the address it really got."""
+        ctx = context or zmq.Context.instance()
+        self._sock = ctx.socket(zmq.PUB)
+        self._sock.setsockopt(zmq.SNDHWM, sndhwm)
+        self.endpoint = _bind(self._sock, endpoint)
+        self._sockets = [self._sock]
+
     def close(self) -> None:
         """Close the sockets now, dropping anything unsent (linger 0)."""
         for s in self._sockets:
@@ -132,11 +140,7 @@ class OutputPublisher(_Socketed):
     def __init__(
         self, endpoint: str, *, sndhwm: int = 10_000, context: zmq.Context | None = None
     ) -> None:
-        ctx = context or zmq.Context.instance()
-        self._sock = ctx.socket(zmq.PUB)
-        self._sock.setsockopt(zmq.SNDHWM, sndhwm)
-        self.endpoint = _bind(self._sock, endpoint)
-        self._sockets = [self._sock]
+        self._open_pub(endpoint, sndhwm, context)
         self.sent: Counter[str] = Counter()
 
     def publish(self, topic: str, payload: dict[str, Any]) -> None:
@@ -227,11 +231,7 @@ class KeypointPublisher(_Socketed):
         sndhwm: int = 1000,
         context: zmq.Context | None = None,
     ) -> None:
-        ctx = context or zmq.Context.instance()
-        self._sock = ctx.socket(zmq.PUB)
-        self._sock.setsockopt(zmq.SNDHWM, sndhwm)
-        self.endpoint = _bind(self._sock, endpoint)
-        self._sockets = [self._sock]
+        self._open_pub(endpoint, sndhwm, context)
         self.camera = camera
         self.layout = layout
 
@@ -262,11 +262,7 @@ class FramePublisher(_Socketed):
         sndhwm: int = 16,
         context: zmq.Context | None = None,
     ) -> None:
-        ctx = context or zmq.Context.instance()
-        self._sock = ctx.socket(zmq.PUB)
-        self._sock.setsockopt(zmq.SNDHWM, sndhwm)
-        self.endpoint = _bind(self._sock, endpoint)
-        self._sockets = [self._sock]
+        self._open_pub(endpoint, sndhwm, context)
         self.camera = camera
         self.jpeg_quality = int(jpeg_quality)
 
