@@ -34,15 +34,7 @@ _FEET = [SEGMENT_INDEX["foot_l"], SEGMENT_INDEX["foot_r"]]
 
 def concat_batches(batches: list[SyncedBatch]) -> SyncedBatch:
     """Consecutive batches of one subject as one."""
-    if len(batches) == 1:
-        return batches[0]
-    return SyncedBatch(
-        t=np.concatenate([b.t for b in batches]),
-        imu=np.concatenate([b.imu for b in batches]),
-        imu_mask=np.concatenate([b.imu_mask for b in batches]),
-        keypoints=np.concatenate([b.keypoints for b in batches]),
-        keypoint_mask=np.concatenate([b.keypoint_mask for b in batches]),
-    )
+    return SyncedBatch.concat(batches)
 
 
 def create_estimator(name: str, cameras: list[Any], options: dict[str, Any]) -> Estimator:
