@@ -114,6 +114,9 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)  # passed to the estimator factory
     lookahead: int = 0  # frames; 0 = causal
     device: str = "auto"  # auto | cpu | cuda
+    #: auto | N: inference actors the subjects are sharded over (services/actors/shards.py);
+    #: auto is 1 on one node, else one per node that can run it (capped by the subjects)
+    inference_actors: int | str = "auto"
 
 
 @dataclass
@@ -276,6 +279,11 @@ def _check(cfg: Config) -> None:
     if cfg.model.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(
             src, "model.device", f"must be auto, cpu or cuda, got {cfg.model.device!r}"
+        )
+    n_inf = cfg.model.inference_actors
+    if (isinstance(n_inf, str) and n_inf != "auto") or (isinstance(n_inf, int) and n_inf < 1):
+        raise ConfigError(
+            src, "model.inference_actors", f"must be auto or a whole number >= 1, got {n_inf!r}"
         )
     if cfg.sync.max_wait_ms < 0:
         raise ConfigError(src, "sync.max_wait_ms", "must be >= 0")

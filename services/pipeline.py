@@ -7,8 +7,16 @@ per role, runs until `duration` passes, `stop` is set or Ctrl-C, then stops the 
 order, closes every outlet and socket, and shuts Ray down if it started it.
 
 Actor placement: every actor asks for 0 CPUs (they are I/O-bound threads, and a 2-core laptop
-must hold seven of them); the inference actor asks for a GPU when the cluster has one and the
-config does not say `device: cpu`.
+must hold seven of them; one pinned to a node on a cluster asks for PINNED_CPUS); the inference
+actors ask for a GPU when the cluster has one and the config does not say `device: cpu`.
+
+Scale-out (`model.inference_actors`, services/actors/shards.py): the subjects are split into
+contiguous blocks over N inference actors ("inference/0" ...; "inference" when N is 1), each
+pinned (soft node affinity) to its own node, worker nodes first; the other stages stay on the
+driver's node, where the lab's LSL streams are seen, sharing processes as on a single node
+(`stage_groups`). Sync talks to a `Shards` handle that
+routes each subject's ticks to its actor. `pipe.info["placement"]` says which subject runs on
+which actor and node; `update_placement` keeps it and gait_stream_subjects_per_node current.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +38,26 @@ import pylsl
 
 from services.config import Config, simulated_subjects
 
-__all__ = ["Pipeline", "run_pipeline"]
+__all__ = ["Pipeline", "run_pipeline", "update_placement"]
 
 log = logging.getLogger(__name__)
 
 ACTOR_START_TIMEOUT_S = 60.0
 MAX_RESTARTS = 3  # Ray restarts a crashed actor this often; supervise() resumes its work
 STOP_TIMEOUT_S = 10.0
+#: CPUs asked by an actor pinned to a node: Ray schedules a request for no resources at all on
+#: a random node whatever its soft node affinity (ray-project/ray#25360 fixed only hard
+#: affinity), so a pinned actor asks for a sliver of a CPU
+PINNED_CPUS = 0.01
+
+
+def pin_to(node: str) -> dict[str, Any]:
+    """Actor options that place it on `node` while that node is alive and has room, else
+    anywhere (soft: a restart after the node is lost still finds a home)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = NodeAffinitySchedulingStrategy(node, soft=True, _spill_on_unavailable=True)
+    return {"num_cpus": PINNED_CPUS, "scheduling_strategy": strategy}
 
 
 def connect_ray(config: Config, address: str | None) -> bool:
@@ -69,6 +91,15 @@ class Pipeline:
     started_ray: bool = False
     incarnations: dict[str, str] = field(default_factory=dict)
     hosts: dict[str, Any] = field(default_factory=dict)  # "+"-joined roles -> Host actor
+    inference_roles: list[str] = field(default_factory=list)  # "inference" or "inference/<i>"
+    shards: Any = None  # services.actors.shards.Shards when there are several inference actors
+
+    @property
+    def inference(self) -> Any:
+        """What sync sends its ticks to: the one inference actor, or the Shards router."""
+        if self.shards is not None:
+            return self.shards
+        return self.actors.get(self.inference_roles[0] if self.inference_roles else "inference")
 
     def snapshot(self, window_s: float | None = 5.0, timeout: float = 2.0) -> dict[str, Any]:
         import ray
@@ -188,6 +219,7 @@ def start_pipeline(
     from services.actors.ingest_keypoints import KeypointIngest
     from services.actors.metrics import Metrics
     from services.actors.publish import Publish
+    from services.actors.shards import Shards
     from services.actors.sync import Sync
 
     if not (address or config.ray.address or os.environ.get("RAY_ADDRESS")):
@@ -203,19 +235,32 @@ def start_pipeline(
         depth = cfg.queues.max_depth
         subjects = cfg.subjects
         ids = [s.id for s in subjects]
+        plan = plan_inference(cfg, ids)
+        # on a cluster the stages other than inference stay on the driver's node (the lab's
+        # edge: its sensor streams are seen there and its outlets are seen from there)
+        edge = pin_to(plan["driver_node"]) if plan["multi_node"] else {"num_cpus": 0}
 
         specs: dict[str, tuple[type, tuple[Any, ...], dict[str, Any]]] = {}
         gpus_of: dict[str, float] = {}
+        node_of: dict[str, str | None] = {}  # role -> node id it is (softly) pinned to
 
-        def actor(name: str, cls: type, *args: Any, num_gpus: float = 0, **kwargs: Any) -> None:
+        def actor(
+            name: str,
+            cls: type,
+            *args: Any,
+            num_gpus: float = 0,
+            node: str | None = None,
+            **kwargs: Any,
+        ) -> None:
             specs[name] = (cls, args, kwargs)
             gpus_of[name] = num_gpus
+            node_of[name] = node
 
         a = pipe.actors
         port = cfg.metrics.port if cfg.metrics.enabled else None
         a["metrics"] = (
             ray.remote(Metrics)
-            .options(num_cpus=0, max_restarts=MAX_RESTARTS)
+            .options(max_restarts=MAX_RESTARTS, **edge)
             .remote(cfg.metrics.host, port)
         )
         actor(
@@ -228,22 +273,23 @@ def start_pipeline(
             flush_s=flush_s,
         )
         _gait_actor(actor, ids, cfg, lab, depth, flush_s)
-        gpus = 0
-        if cfg.model.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1:
-            gpus = 1
-        actor(
-            "inference",
-            Inference,
-            cfg.model.estimator,
-            cameras,
-            options=cfg.model.options,
-            device=cfg.model.device,
-            rate_hz=cfg.model.rate_hz,
-            lookahead=cfg.model.lookahead,
-            max_depth=depth,
-            flush_s=flush_s,
-            num_gpus=gpus,
-        )
+        pipe.inference_roles = [r for r, _, _ in plan["actors"]]
+        for role, _block, node in plan["actors"]:
+            actor(
+                role,
+                Inference,
+                cfg.model.estimator,
+                cameras,
+                options=cfg.model.options,
+                device=cfg.model.device,
+                rate_hz=cfg.model.rate_hz,
+                lookahead=cfg.model.lookahead,
+                max_depth=depth,
+                flush_s=flush_s,
+                report_subjects=len(plan["actors"]) == 1,
+                num_gpus=plan["gpus_each"],
+                node=node,
+            )
         actor(
             "sync",
             Sync,
@@ -263,20 +309,26 @@ def start_pipeline(
             tick_rate=cfg.model.rate_hz,
             flush_s=flush_s,
         )
-        for group in stage_groups(list(specs)):
-            host = (
-                ray.remote(Host)
-                .options(
-                    num_cpus=0,
-                    num_gpus=sum(gpus_of[r] for r in group),
-                    max_restarts=MAX_RESTARTS,
-                )
-                .remote({r: specs[r] for r in group})
-            )
+        apart = tuple(pipe.inference_roles) if plan["multi_node"] else ()
+        for group in stage_groups(list(specs), apart):
+            # a group with any edge stage stays at the edge; an inference actor alone goes
+            # to its node
+            nodes = {node_of[r] for r in group}
+            node = nodes.pop() if len(nodes) == 1 else None
+            opts: dict[str, Any] = {
+                "num_gpus": sum(gpus_of[r] for r in group),
+                "max_restarts": MAX_RESTARTS,
+                **(pin_to(node) if node is not None else edge),
+            }
+            host = ray.remote(Host).options(**opts).remote({r: specs[r] for r in group})
             pipe.hosts["+".join(group)] = host
             for r in group:
                 a[r] = RoleHandle(host, r, host._actor_id.hex())
         pipe.info["stage_groups"] = list(pipe.hosts)
+        if len(pipe.inference_roles) > 1:
+            pipe.shards = Shards(
+                [a[r] for r in pipe.inference_roles], [b for _, b, _ in plan["actors"]]
+            )
         ray.get(
             [a[n].connect.remote(**wiring(pipe, n)) for n in a if n != "metrics"],
             timeout=ACTOR_START_TIMEOUT_S,
@@ -285,14 +337,20 @@ def start_pipeline(
         pipe.info["metrics_address"] = ray.get(
             a["metrics"].address.remote(), timeout=ACTOR_START_TIMEOUT_S
         )
-        pipe.info["estimator"] = ray.get(
-            a["inference"].info.remote(), timeout=ACTOR_START_TIMEOUT_S
+        infos = ray.get(
+            [a[r].info.remote() for r in pipe.inference_roles], timeout=ACTOR_START_TIMEOUT_S
         )
+        pipe.info["estimator"] = infos[0]
+        pipe.info["inference_actors"] = {
+            role: {"node": inf["node"], "ip": inf["ip"], "subjects": block, "pinned": node}
+            for (role, block, node), inf in zip(plan["actors"], infos, strict=True)
+        }
+        _placement_info(pipe)
         pipe.info["outputs"] = ray.get(
             a["publish"].endpoints.remote(), timeout=ACTOR_START_TIMEOUT_S
         )
         a["metrics"].declare.remote(_zero_series(pipe, cfg))
-        downstream = ["publish", "gait", "inference", "sync"]
+        downstream = ["publish", "gait", *pipe.inference_roles, "sync"]
         ray.get([a[n].start.remote() for n in downstream if a.get(n) is not None])
         pipe.info["imu"] = ray.get(a["ingest_imu"].open.remote(), timeout=ACTOR_START_TIMEOUT_S)
         if lab is not None:
@@ -307,6 +365,84 @@ def start_pipeline(
     return pipe
 
 
+def plan_inference(cfg: Config, ids: list[str]) -> dict[str, Any]:
+    """How many inference actors, which subjects each serves, which node each is pinned to.
+
+    Returns {"actors": [(role, subjects, node id or None)], "gpus_each", "multi_node",
+    "driver_node"}. Nodes come from `ray.nodes()` (services.actors.shards.inference_nodes):
+    GPU nodes when the cluster has a GPU and the config allows it, else nodes with CPUs. On a
+    single node nothing is pinned (every actor is on it anyway).
+    """
+    import ray
+
+    from services.actors.shards import (
+        inference_nodes,
+        inference_role,
+        resolve_inference_actors,
+        shard_subjects,
+    )
+
+    all_nodes = ray.nodes()
+    multi = sum(1 for n in all_nodes if n.get("Alive")) > 1
+    gpus_total = float(ray.cluster_resources().get("GPU", 0))
+    use_gpu = cfg.model.device != "cpu" and gpus_total >= 1
+    nodes = inference_nodes(all_nodes, use_gpu)
+    try:
+        n = resolve_inference_actors(cfg.model.inference_actors, len(ids), len(nodes))
+    except ValueError as exc:
+        raise ValueError(f"{cfg.source}: {exc}") from None
+    gpus_each = 0.0
+    if use_gpu:  # a whole GPU each when there are enough, else an equal share
+        gpus_each = 1.0 if gpus_total >= n else gpus_total / n
+    actors = []
+    for i, block in enumerate(shard_subjects(ids, n)):
+        node = nodes[i % len(nodes)]["NodeID"] if multi and nodes else None
+        actors.append((inference_role(i, n), block, node))
+    driver = ray.get_runtime_context().get_node_id() if multi else None
+    return {"actors": actors, "gpus_each": gpus_each, "multi_node": multi, "driver_node": driver}
+
+
+def _placement_info(pipe: Pipeline) -> None:
+    """pipe.info["placement"] {subject: {actor, node, ip}} and ["subjects_per_node"]."""
+    placement = {}
+    for role, inf in pipe.info.get("inference_actors", {}).items():
+        for s in inf["subjects"]:
+            placement[s] = {"actor": role, "node": inf["node"], "ip": inf["ip"]}
+    pipe.info["placement"] = placement
+    pipe.info["subjects_per_node"] = dict(Counter(p["node"] for p in placement.values()))
+
+
+def update_placement(pipe: Pipeline, timeout: float = 2.0) -> dict[str, int] | None:
+    """Refresh the placement (an actor Ray restarted may be on another node) and, with several
+    inference actors, set gait_stream_subjects_running and gait_stream_subjects_per_node{node}
+    from the subjects each actor served in the last 2 s (summed per node: two actors on one
+    node must not overwrite each other; a lone actor reports them itself). Returns the running
+    subjects per node, or None with a single actor."""
+    import ray
+
+    roles = pipe.inference_roles
+    if len(roles) <= 1:
+        return None
+    refs = {r: pipe.actors[r].running.remote() for r in roles}
+    known = pipe.info.setdefault("inference_actors", {})
+    per_node: dict[str, int] = {inf["node"]: 0 for inf in known.values()}
+    for role, ref in refs.items():
+        try:
+            got = ray.get(ref, timeout=timeout)
+        except Exception:
+            continue  # dead or restarting: its subjects are not running
+        if role in known:
+            known[role]["node"], known[role]["ip"] = got["node"], got["ip"]
+        per_node[got["node"]] = per_node.get(got["node"], 0) + len(got["subjects"])
+    _placement_info(pipe)
+    metrics = pipe.actors.get("metrics")
+    if metrics is not None:
+        sets = {("subjects_per_node", (node,)): n for node, n in per_node.items()}
+        sets[("subjects_running", ())] = sum(per_node.values())
+        metrics.report.remote({"set": sets})
+    return per_node
+
+
 #: Stages that share a process on a single node: the hot chain, one hop-free path from the
 #: inlets to the outlets. The gait stage (off the angles path, bursty) keeps its own process.
 LOCAL_GROUPS: tuple[tuple[str, ...], ...] = (
@@ -315,29 +451,24 @@ LOCAL_GROUPS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def stage_groups(roles: list[str]) -> list[list[str]]:
+def stage_groups(roles: list[str], apart: tuple[str, ...] = ()) -> list[list[str]]:
     """Which stages share a process (a Host actor).
 
-    One process per role on a multi-node cluster (stages can be placed on different nodes,
-    the inference on a GPU node); on a single node the hot chain shares one process, which
-    saves two Ray hops per tick (~1.5 ms CPU each, plus pickling) and five processes'
-    context switches, at the cost of using at most one core for that chain (the GIL).
-    GAIT_STREAM_STAGE_GROUPS=per_role|local forces one or the other.
+    The hot chain shares one process, which saves two Ray hops per tick (~1.5 ms CPU each,
+    plus pickling) and five processes' context switches, at the cost of using at most one
+    core for that chain (the GIL). Roles in `apart` get a process of their own: on a cluster
+    the inference actors, which go to other nodes (the rest stays on the driver's node, so
+    splitting it would only add hops); several inference actors are always apart.
+    GAIT_STREAM_STAGE_GROUPS=per_role gives every role its own process; =local keeps even a
+    lone inference actor in the chain.
     """
-    import ray
-
     mode = os.environ.get("GAIT_STREAM_STAGE_GROUPS", "auto")
     if mode not in ("auto", "per_role", "local"):
         raise ValueError(f"GAIT_STREAM_STAGE_GROUPS={mode!r}: expected auto, per_role or local")
-    if mode == "auto":
-        try:
-            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        except Exception:
-            nodes = 1
-        mode = "local" if nodes <= 1 else "per_role"
     if mode == "per_role":
         return [[r] for r in roles]
-    out = [[r for r in g if r in roles] for g in LOCAL_GROUPS]
+    keep = set(roles) - (set(apart) if mode == "auto" else set())
+    out = [[r for r in g if r in keep] for g in LOCAL_GROUPS]
     grouped = {r for g in out for r in g}
     out += [[r] for r in roles if r not in grouped]
     return [g for g in out if g]
@@ -366,6 +497,9 @@ def _zero_series(pipe: Pipeline, cfg: Config) -> list[tuple[str, tuple[str, ...]
 def wiring(pipe: Pipeline, name: str) -> dict[str, Any]:
     """The downstream handles of actor `name` (see Stage.connect)."""
     a = pipe.actors
+    role = name.split("/", 1)[0]  # inference/<i> is wired like inference
+    if role == "sync":
+        return {"metrics": a.get("metrics"), "inference": pipe.inference}
     down = {
         "ingest_imu": ("sync",),
         "ingest_keypoints": ("sync",),
@@ -373,7 +507,7 @@ def wiring(pipe: Pipeline, name: str) -> dict[str, Any]:
         "inference": ("publish", "gait"),
         "gait": ("publish",),
         "publish": (),
-    }[name]
+    }[role]
     return {"metrics": a.get("metrics"), **{d: a.get(d) for d in down}}
 
 
@@ -443,7 +577,9 @@ def stop_pipeline(pipe: Pipeline) -> dict[str, Any]:
     import ray
 
     summary: dict[str, Any] = {}
-    order = ["ingest_imu", "ingest_keypoints", "sync", "inference", "gait", "publish"]
+    order = ["ingest_imu", "ingest_keypoints", "sync", *pipe.inference_roles, "gait", "publish"]
+    if not pipe.inference_roles:
+        order.insert(3, "inference")
     if ray.is_initialized():
         try:
             snap = pipe.snapshot(window_s=None, timeout=STOP_TIMEOUT_S)
@@ -517,6 +653,7 @@ def run_pipeline(
                 next_status += status_every_s
                 try:
                     supervise(pipe)
+                    update_placement(pipe)
                     if on_status is not None:
                         on_status(pipe, pipe.snapshot(window_s=5.0))
                 except Exception as exc:

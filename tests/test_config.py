@@ -186,3 +186,24 @@ def test_cli_reports_bad_config_and_exits_2(tmp_path: Path, capsys: pytest.Captu
     assert main(["start", "--config", str(path), "--duration", "1"]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "model.lookahead" in err
+
+
+@pytest.mark.parametrize("value", ["auto", 1, 4])
+def test_inference_actors_auto_or_a_count(tmp_path: Path, value: object) -> None:
+    data = default_data()
+    data["model"]["inference_actors"] = value
+    assert load_config(write(tmp_path, data)).model.inference_actors == value
+
+
+def test_inference_actors_default_is_auto() -> None:
+    assert load_config().model.inference_actors == "auto"
+    assert parse_config({}).model.inference_actors == "auto"
+
+
+@pytest.mark.parametrize("value", [0, -2, "many", "3", True, 1.5, [2]])
+def test_inference_actors_bad_values_name_the_key(tmp_path: Path, value: object) -> None:
+    data = default_data()
+    data["model"]["inference_actors"] = value
+    err = error_for(tmp_path, data)
+    assert err.key == "model.inference_actors"
+    assert repr(value) in str(err)

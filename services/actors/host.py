@@ -4,8 +4,9 @@ Why: on one machine a Ray hop costs ~0.7 ms of CPU on each side plus pickling, a
 seven processes on two cores the hops and the context switches were most of the latency.
 Stages hosted together hand messages on with a plain method call (`stage.Local`), each still
 on its own worker thread with its own bounded inbox; stages in different hosts use a Ray call
-as before. The pipeline decides the grouping (services/pipeline.py `stage_groups`): one
-process per role on a cluster, the hot chain in one process on a single node.
+as before. The pipeline decides the grouping (services/pipeline.py `stage_groups`): the hot
+chain shares one process on the driver's node (where the sensors' LSL streams are visible);
+on a cluster only the inference actors run apart, one per node (services/actors/shards.py).
 
 `RoleHandle` makes a stage inside a host look like an actor handle of its own
 (`handle.put.remote(msg)`, `handle.status.remote()`, ...), so the wiring, the supervisor and

@@ -78,15 +78,18 @@ def pick_device(setting: str) -> str:
     return "cpu"
 
 
-def _node() -> str:
+def _node() -> tuple[str, str]:
+    """(node label, IP address) of this process: the Ray node id's first 12 hex digits (the
+    {node} label of gait_stream_subjects_per_node), or the host name outside Ray."""
     try:
         import ray
 
         if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()[:12]
+            ctx = ray.get_runtime_context()
+            return ctx.get_node_id()[:12], ray.util.get_node_ip_address()
     except Exception:
         pass
-    return socket.gethostname()
+    return socket.gethostname(), "127.0.0.1"
 
 
 class Inference(Stage):
@@ -107,8 +110,12 @@ class Inference(Stage):
         lookahead: int | None = None,
         max_depth: int = 32,
         flush_s: float = 0.25,
+        report_subjects: bool = True,
     ) -> None:
         super().__init__(metrics=metrics, max_depth=max_depth, flush_s=flush_s)
+        # one of several inference actors (shards.py) must not set the subjects gauges: two
+        # on one node would overwrite each other's count; the pipeline sums them (running())
+        self.report_subjects = report_subjects
         self.publish = publish
         self.gait = gait
         self.rate = float(rate_hz)
@@ -130,7 +137,7 @@ class Inference(Stage):
                 actual,
             )
         self.lookahead_s = float(getattr(self.est, "lookahead", 0)) / self.rate
-        self.node = _node()
+        self.node, self.ip = _node()
         self.seen: dict[str, float] = {}
         self._gyro: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._to_gait: list[AnglesMsg] = []
@@ -157,7 +164,14 @@ class Inference(Stage):
             "lookahead_s": self.lookahead_s,
             "modalities": sorted(getattr(self.est, "modalities", ())),
             "node": self.node,
+            "ip": self.ip,
         }
+
+    def running(self) -> dict[str, Any]:
+        """Where this actor runs and the subjects it served in the last 2 s."""
+        now = time.monotonic()
+        subjects = sorted(s for s, t in self.seen.items() if now - t < 2.0)
+        return {"node": self.node, "ip": self.ip, "subjects": subjects, "calls": self.calls}
 
     def step(self, messages: list[Any]) -> None:
         ticks = [m for m in messages if isinstance(m, TickMsg)]
@@ -238,10 +252,11 @@ class Inference(Stage):
         return out
 
     def flush(self, force: bool = False) -> None:
-        now = time.monotonic()
-        running = sum(1 for t in self.seen.values() if now - t < 2.0)
-        self.buf.set("subjects_running", (), running)
-        self.buf.set("subjects_per_node", (self.node,), running)
+        if self.report_subjects:
+            now = time.monotonic()
+            running = sum(1 for t in self.seen.values() if now - t < 2.0)
+            self.buf.set("subjects_running", (), running)
+            self.buf.set("subjects_per_node", (self.node,), running)
         super().flush(force)
 
     def close(self) -> None:

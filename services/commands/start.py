@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from services.config import ConfigError, load_config
 
-__all__ = ["LiveView", "register", "run"]
+__all__ = ["LiveView", "placement_lines", "register", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class LiveView:
         ]
         if port:
             lines.append(f"  metrics: http://{host}:{port}/metrics")
+        lines += placement_lines(info)
         missing = info.get("imu", {}).get("missing") or {}
         if missing:
             lines.append(f"  IMU streams not (yet) found: {', '.join(sorted(missing))}")
@@ -122,6 +123,22 @@ class LiveView:
             file=self.out,
             flush=True,
         )
+
+
+def placement_lines(info: dict[str, Any]) -> list[str]:
+    """Which inference actor on which node serves which subjects, and subjects per node."""
+    actors = info.get("inference_actors") or {}
+    if not actors:
+        return []
+    per_node = info.get("subjects_per_node", {})
+    lines = [
+        f"  placement: {len(info.get('placement', {}))} subject(s) on {len(actors)} inference "
+        f"actor(s), {len(per_node)} node(s)"
+    ]
+    for role, a in actors.items():
+        lines.append(f"    {role:<14} node {a['node']} ({a['ip']}): {', '.join(a['subjects'])}")
+    lines.append("  subjects per node: " + ", ".join(f"{node}={n}" for node, n in per_node.items()))
+    return lines
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
