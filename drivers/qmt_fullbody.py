@@ -14,9 +14,13 @@ Sensors: foot_left/right, lower_leg_left/right, upper_leg_left/right, hip, lower
 upper_back, head, hand_left/right, forearm_left/right, upper_arm_left/right. No NaNs; all axes in
 each sensor's own frame (mounting differs per sensor, so no axis is "up" in general).
 
-Content (measured from the data, seconds from the first sample): still 0–4.5 s and ~17–37 s
-(every accelerometer norm 9.8–10.1 m/s², gyro norms < 0.05 rad/s), single movements in between,
-continuous walking-like motion from ~55 s to the end (foot gyro peaks ~12 rad/s).
+Content (measured from the data, seconds from the first sample; qmt's own example marks
+standing 0–4 s, sitting 12–39 s, walking 55–75 s and, after a turn, 76–98.5 s): standing still
+0–4.5 s, sitting down, sitting still ~12–39 s (every accelerometer norm 9.7–10.2 m/s², gyro
+norms < 0.1 rad/s; the thighs 80° off their standing tilt), standing up 39.5–44.5 s, standing
+44.5–48 s and 52–55 s with a shuffle between, fast walking from 55 s to the end (stride ~0.9 s,
+foot gyro peaks ~12 rad/s). The classical estimator calibrates from the 52–55 s stand and the
+walk that follows (configs/qmt_replay.yaml).
 
 Mapping to fusion.skeleton.SEGMENTS (`SENSOR_FOR_SEGMENT`): upper arm, forearm, thigh
 (upper_leg), shank (lower_leg), foot per side, head ← head, sternum ← upper_back (the thoracic

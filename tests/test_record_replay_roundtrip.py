@@ -10,12 +10,16 @@ recording time (t − replay.t_start + replay.t0), are compared with the live an
 there (model ticks are on the absolute 1/60 s grid, so the two runs' ticks differ in phase).
 
 Tolerance: per lower-limb angle, over the ticks where both runs state it (≥ MIN_COMMON_S),
-the median |replay − live − offset| ≤ MEDIAN_TOL_DEG, where offset is the median difference.
-A timestamp shift of a stride fraction, a channel mix-up or lost samples fail it. The constant
-offset is taken out because the classical estimator's functional calibration does not give the
-same mounting twice on the same data (measured: knee_flexion_l off by ~22°, hip_rotation_l
-by ~11° between the two runs); the offsets are printed. That is an estimator finding, not a
-replay one; tighten this to absolute agreement once the calibration is reproducible.
+the median |replay − live| ≤ MEDIAN_TOL_DEG (HEADING_TOL_DEG for hip rotation and foot
+progression) and its 90th percentile ≤ P90_TOL_DEG, absolute (no offset taken out). Why not ~0: the replay's ticks fall at another phase of the 100 Hz
+samples (the model ticks are on the absolute 1/60 s grid), so every tick interpolates
+slightly different IMU values, the calibration captures differ by that, and the lab's
+sensor noise is the same but resampled. Offline, the same 60 Hz stream cut differently
+gives identical angles (tests/test_classical_estimator.py); shifting the tick phase by a
+fraction of a sample moves the lower-limb angles by well under a degree. A timestamp shift
+of a stride fraction, a channel mix-up, lost samples or a calibration that differs (it did:
+knee_flexion_l 22° and hip_rotation_l 11° apart before the estimator decided everything per
+tick) fail it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,12 @@ from services.pipeline import run_pipeline
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LIVE_S = 20.0  # lab time: stand 2 s, then start_stop walking; calibration needs ~8 s
-MEDIAN_TOL_DEG = 2.0  # per lower-limb angle; the same data should give (nearly) the same angles
+MEDIAN_TOL_DEG = 1.0  # per lower-limb angle: the same data gives (nearly) the same angles
+#: hip rotation and foot progression hang on each sensor's filter heading, which the tick
+#: phase moves most (offline, the same lab stream ticked 0.77 tick later: up to 2.2 deg)
+HEADING_ANGLES = {a for a in LOWER_LIMB_ANGLES if a.startswith(("hip_rotation", "foot_prog"))}
+HEADING_TOL_DEG = 3.5
+P90_TOL_DEG = 4.5
 MIN_COMMON_S = 6.0  # both runs must state the lower-limb angles together this long
 
 
@@ -169,7 +178,9 @@ def replay_run(path: Path, tag: str) -> tuple[XdfReplayer, np.ndarray, np.ndarra
 
 
 @pytest.mark.known_issue(
-    reason="the classical calibration is not reproducible on identical data: the live and replayed runs calibrate differently or not at all"
+    reason="the right leg differs between live and replay (measured twice: knee_flexion_r "
+    "+9.6, ankle_dorsiflexion_r +9.8, foot_progression_r -11.6 deg median; every other "
+    "lower-limb angle within tolerance); the estimator itself is reproducible offline"
 )
 def test_replayed_recording_reproduces_live_angles(tmp_path: Path, ray_session: None) -> None:
     tag = uuid.uuid4().hex[:8]
@@ -199,14 +210,17 @@ def test_replayed_recording_reproduces_live_angles(tmp_path: Path, ray_session: 
         )
         d = x_rep[both, i] - ref[both]
         offsets[a] = float(np.median(d))
-        medians[a] = float(np.median(np.abs(d - offsets[a])))
-        p90s[a] = float(np.percentile(np.abs(d - offsets[a]), 90))
+        medians[a] = float(np.median(np.abs(d)))
+        p90s[a] = float(np.percentile(np.abs(d), 90))
     print(
         "round trip replay - live (deg): "
         + ", ".join(
-            f"{a} offset {offsets[a]:+.2f} med|d-offset| {medians[a]:.2f} p90 {p90s[a]:.2f}"
+            f"{a} median d {offsets[a]:+.2f} med|d| {medians[a]:.2f} p90 {p90s[a]:.2f}"
             for a in LOWER_LIMB_ANGLES
         )
     )
-    bad = {a: round(m, 3) for a, m in medians.items() if m > MEDIAN_TOL_DEG}
-    assert not bad, f"median |replay - live - offset| over {MEDIAN_TOL_DEG} deg: {bad}"
+    tol = {a: HEADING_TOL_DEG if a in HEADING_ANGLES else MEDIAN_TOL_DEG for a in medians}
+    bad = {a: round(m, 3) for a, m in medians.items() if m > tol[a]}
+    assert not bad, f"median |replay - live| over {MEDIAN_TOL_DEG} deg ({HEADING_TOL_DEG}): {bad}"
+    bad = {a: round(m, 3) for a, m in p90s.items() if m > P90_TOL_DEG}
+    assert not bad, f"90th percentile |replay - live| over {P90_TOL_DEG} deg: {bad}"

@@ -8,13 +8,24 @@ This is the reference the neural estimators must beat (Shin et al. compare IMUNe
 2. until calibrated the estimator answers NaN. It waits for the subject to stand still
    (trunk and leg sensors quiet) for at least `standing_s`, then to walk for `walking_s`
    (≈ 4 strides), and runs `fusion.calibration.calibrate` (sensor mounting, per-filter
-   heading, gyro bias); then it replays the buffered walk through the filters with the bias
-   removed, so answers start with the right tilt. That one tick costs ~0.1–0.2 s per subject
-   (measured by `gait-stream filter-check`). If the pelvis cannot be calibrated (no clear
-   walk) it waits for the next stand + walk;
+   heading, gyro bias). The gyro bias is estimated from the standing window as soon as the
+   walk starts and removed from every gyro sample the filters see from then on, so when the
+   walk has been captured the live filters already hold what a replay of the walk without
+   bias would give: no replay, and the calibration tick costs a few ms (closed-form
+   estimates and one vectorised strapdown). A walk that is not periodic (no stride found:
+   sitting down, standing up, shuffling) or after which the pelvis cannot be calibrated is
+   rejected: the estimator waits for the next stand + walk;
 3. segment orientations R_seg = Yaw(ψ) · R_filter · mountingᵀ → the published angles, with the
    direction of progression = the pelvis yaw smoothed by a causal two-pole low-pass
    (`heading_tau_s` per pole; the ±5° pelvis rotation at stride frequency passes at ~10 %).
+
+Reproducible on the live path: everything is decided per tick from the tick's time and data,
+never per call, so the same ticks give the same calibration and angles however they are cut
+into `update` calls (tests/test_classical_estimator.py checks 1e-6). Standing and walking are
+measured in time on the tick clock (ticks the runtime dropped leave NaN rows in the capture, not
+a shorter walk); a tick whose sensors are all masked neither breaks nor extends a stand; a
+tick that is not later than the previous one (a duplicate or late tick) is ignored and
+answered NaN.
 
 Missing data (imu_mask False or non-finite) → the angles that need that segment are NaN at
 those ticks; the others continue. The filter bridges a short gap (≤ `max_gap_s`: the rotation
@@ -44,8 +55,8 @@ from fusion.calibration import (
     Calibration,
     CalibrationConfig,
     calibrate,
-    standing_pose_dofs,
-    standing_rotations,
+    stance_rotations,
+    standing_estimates,
 )
 from fusion.estimators.base import AnglesResult, Estimator, SyncedBatch
 from fusion.orientation import FilterConfig, OrientationFilter, quat_to_matrix
@@ -117,8 +128,13 @@ class ClassicalImuConfig:
     standing_s: float = 1.0  # still time needed before the walk ...
     standing_max_s: float = 5.0  # ... and the most of it used (gyro bias, gravity)
     walking_s: float = 5.0  # walk used for calibration (≈ 4 strides)
-    still_gyr: float = 0.15  # rad/s, every present sensor below this ...
-    still_acc: float = 0.5  # m/s², ... and | |f| − g | below this → standing still
+    #: standing still: every present trunk and leg sensor's |ω| below still_gyr and its
+    #: | |f| − g | below still_acc. Set for real sensors (the qmt recording): quiet standing
+    #: sways at up to 0.2–0.45 rad/s (sternum, pelvis) and a resting accelerometer's norm is
+    #: off g by up to 0.4 m/s² (scale and bias errors); walking never has every leg sensor
+    #: below 0.5 rad/s for a second (the swing leg turns at several rad/s)
+    still_gyr: float = 0.5
+    still_acc: float = 1.0
     onset_guard_s: float = 0.3  # still ticks just before movement count as walk onset
     #: a longer gap loses that sensor's orientation (a sensor gone, not a burst of drops):
     #: shorter ones are bridged, imperfectly for a fast limb (a foot in swing turns ~1 rad in
@@ -161,16 +177,21 @@ class _SubjectState:
     def __init__(self, cfg: ClassicalImuConfig) -> None:
         n = len(SEGMENTS)
         self.t_last = np.full(n, np.nan)  # last valid sample per sensor
+        self.t_tick = -np.inf  # last tick processed (later ticks only)
         self.calibration: Calibration | None = None
         self.calib_notes: dict[str, str] = {}
-        # calibration capture
+        #: removed from every gyro sample before the filter: the standing estimate from the
+        #: start of a calibration walk on, then the calibration's
+        self.bias = np.zeros((n, 3))
+        # calibration capture: the current still streak (raw gyro, acc, filter q per tick)
         keep = int(
             np.ceil((max(cfg.standing_s, cfg.standing_max_s) + cfg.onset_guard_s) * cfg.rate)
         )
         self.buffer: deque[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = deque(maxlen=keep)
-        self.still_count = 0  # consecutive still ticks
-        self.stand: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self.walk: list[tuple[np.ndarray, np.ndarray]] = []
+        self.still_since = np.nan  # time of the first tick of the current still streak
+        self.last_judged = np.nan  # time of the last tick with any judge sensor present
+        self.stand: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.walk: list[tuple[float, np.ndarray, np.ndarray]] = []
         self.walk_start = np.nan
         # heading low-pass: unwrapped pelvis yaw through two poles
         self.yaw_prev = np.nan
@@ -182,6 +203,22 @@ class _SubjectState:
         self.reacq_sum = np.zeros(n, complex)
         self.reacq_n = np.zeros(n)
         self.rel_mean = np.zeros(n, complex)  # EMA of exp(i·(yaw − reference yaw))
+
+
+def _gridded(
+    times: np.ndarray, rows: list[np.ndarray], t0: float, rate: float
+) -> tuple[np.ndarray, ...]:
+    """Samples taken at `times` placed on the tick grid t0 + k/rate (NaN where no tick came:
+    ticks the runtime dropped); one array (K, ...) per entry of `rows` (each (N, ...))."""
+    k = np.round((np.asarray(times) - t0) * rate).astype(int)
+    keep = k >= 0  # the onset guard is never before t0: no sample is dropped here
+    size = int(k[keep].max()) + 1 if keep.any() else 0
+    out = []
+    for r in rows:
+        g = np.full((size, *r.shape[1:]), np.nan)
+        g[k[keep]] = r[keep]  # duplicates on one grid point: the later tick wins
+        out.append(g)
+    return tuple(out)
 
 
 class ClassicalImuEstimator(Estimator):
@@ -206,6 +243,8 @@ class ClassicalImuEstimator(Estimator):
         self.config = cfg
         self._states: dict[str, _SubjectState] = {}
         self._filters: dict[str, OrientationFilter] = {}
+        # the assumed stance, once (it reads the normative curves: not on the calibration tick)
+        self._R_stance = stance_rotations(cfg.calibration.standing_pose)
 
     # -- public -------------------------------------------------------------------------------
     def reset(self, subject: str | None = None) -> None:
@@ -260,16 +299,23 @@ class ClassicalImuEstimator(Estimator):
             m = len(b.t)
             if b.imu.shape[1:] != (n, 6):
                 raise ValueError(f"subject {s}: imu has shape {b.imu.shape}, expected (N, 13, 6)")
+            t = np.asarray(b.t, float)
+            # only ticks later than every earlier one count (a repeated or late tick would
+            # integrate the same motion twice): they are answered NaN
+            prev = np.maximum.accumulate(np.concatenate([[states[k].t_tick], t]))[:-1]
+            fresh = np.isfinite(t) & (t > prev)
             gyr[:m, k] = b.imu[..., :3]
             acc[:m, k] = b.imu[..., 3:]
-            mask[:m, k] = b.imu_mask & np.isfinite(b.imu).all(axis=-1)
-            tick[:m, k] = b.t
-            cal = states[k].calibration
-            if cal is not None:
-                gyr[:m, k] -= cal.gyro_bias
+            mask[:m, k] = b.imu_mask & np.isfinite(b.imu).all(axis=-1) & fresh[:, None]
+            tick[:m, k] = np.where(fresh, t, np.nan)
         Q = np.empty((n_max, S, n, 4))
+        # the first tick of each subject in this batch that is answered with a calibration
+        start = [0 if st.calibration is not None else n_max for st in states]
         for i in range(n_max):
             Q[i] = self._tick(stacked, states, tick[i], gyr[i], acc[i], mask[i])
+            for k, st in enumerate(states):
+                if start[k] > i and st.calibration is not None:
+                    start[k] = i
         for k, s in enumerate(subjects):
             f = self._filters[s]
             f._q = stacked._q.reshape(S, n, 4)[k].copy()
@@ -285,7 +331,10 @@ class ClassicalImuEstimator(Estimator):
             if m == 0:
                 out[s] = AnglesResult.empty()
                 continue
-            R, avail, heading = self._segments(st, batches[s].t, Q[:m, k], mask[:m, k])
+            fresh = np.isfinite(tick[:m, k])
+            R, avail, heading = self._segments(
+                st, tick[:m, k], Q[:m, k], mask[:m, k], min(start[k], m), fresh
+            )
             R_all.append(R)
             avail_all.append(avail)
             head_all.append(heading)
@@ -341,27 +390,32 @@ class ClassicalImuEstimator(Estimator):
             filt.gain = np.where(settling, boosted, base)
         else:
             filt.gain = np.full(mask.shape, base)
-        q = filt.step(gyr, acc, dt, mask)
+        q = filt.step(gyr - np.stack([st.bias for st in states]), acc, dt, mask)
         for k, st in enumerate(states):
             if not np.isfinite(t[k]):
                 continue
+            st.t_tick = t[k]
             st.t_last = np.where(mask[k], t[k], st.t_last)
             if st.calibration is None:
-                q_new = self._capture(st, t[k], gyr[k], acc[k], q[k], mask[k])
-                if q_new is not None:  # just calibrated: continue from the replayed walk
-                    where = np.zeros((len(states), len(SEGMENTS)), bool)
-                    where[k] = np.isfinite(q_new).all(axis=1)
-                    q_new = np.where(where[k][:, None], q_new, 1.0)
-                    filt.initialize(np.broadcast_to(q_new, (len(states), *q_new.shape)), where)
-                    q = filt.q
+                self._capture(st, t[k], gyr[k], acc[k], q[k], mask[k])
         return q.copy()
 
     # -- calibration capture --------------------------------------------------------------------
     def _restart_capture(self, st: _SubjectState) -> None:
         st.buffer.clear()
-        st.still_count = 0
+        st.still_since = np.nan
         st.stand = None
         st.walk = []
+
+    def _is_still(self, gyr: np.ndarray, acc: np.ndarray, mask: np.ndarray) -> bool | None:
+        """Still (True), moving (False) or unknown (None: no trunk or leg sensor present)."""
+        cfg = self.config
+        judge = mask & _STILL_JUDGES  # head and arms may move while the body stands
+        if not judge.any():
+            return None
+        w = np.linalg.norm(gyr[judge], axis=1)
+        f = np.abs(np.linalg.norm(acc[judge], axis=1) - GRAVITY)
+        return bool(w.max() < cfg.still_gyr and f.max() < cfg.still_acc)
 
     def _capture(
         self,
@@ -371,114 +425,160 @@ class ClassicalImuEstimator(Estimator):
         acc: np.ndarray,
         q: np.ndarray,
         mask: np.ndarray,
-    ) -> np.ndarray | None:
+    ) -> None:
         """Calibration state machine, one tick: the buffer holds the current still streak; a
-        streak of ≥ standing_s followed by movement starts the walk; standing still that long
-        again during the walk starts over from that standing."""
+        streak of ≥ standing_s (+ the onset guard) followed by movement starts the walk;
+        standing still that long again during the walk starts over from that standing. Times
+        are tick times: dropped ticks do not shorten a stand or a walk."""
         cfg = self.config
         g = np.where(mask[:, None], gyr, np.nan)
         a = np.where(mask[:, None], acc, np.nan)
-        judge = mask & _STILL_JUDGES  # head and arms may drift while the body stands
-        with np.errstate(invalid="ignore"):
-            still = bool(
-                judge.any()
-                and np.nanmax(np.linalg.norm(g[judge], axis=1)) < cfg.still_gyr
-                and np.nanmax(np.abs(np.linalg.norm(a[judge], axis=1) - GRAVITY)) < cfg.still_acc
-            )
-        need_still = max(1, round(cfg.standing_s * cfg.rate))
-        st.still_count = st.still_count + 1 if still else 0
+        still = self._is_still(gyr, acc, mask)
+        period = 1.0 / cfg.rate
+        if still is None:  # nothing to judge: the streak goes on unless the gap grows long
+            if np.isfinite(st.last_judged) and t - st.last_judged > cfg.max_gap_s:
+                st.still_since = np.nan
+                st.buffer.clear()
+            if st.stand is not None:
+                st.walk.append((t, g, a))
+                self._maybe_finish(st, t)
+            return
+        st.last_judged = t
         if still:
+            if not np.isfinite(st.still_since):
+                st.still_since = t
             st.buffer.append((t, g, a, q.copy()))
+        # how long the subject has stood still up to this tick (one tick counts 1/rate)
+        still_s = t - st.still_since + period if still else 0.0
         if st.stand is None:
             if still:
                 st.lost[:] = False  # a restart before this stance does not matter
                 st.restart_t[:] = np.nan
-            guard = round(cfg.onset_guard_s * cfg.rate)
-            if not still and len(st.buffer) >= need_still + guard:
-                # the whole still streak (as buffered) but its last `guard` ticks, which may
-                # already hold the gentle onset of the walk: those belong to the walk
-                recent = list(st.buffer)
-                stand, onset = recent[: len(recent) - guard], recent[len(recent) - guard :]
-                st.stand = (
-                    np.stack([r[1] for r in stand]),
-                    np.stack([r[2] for r in stand]),
-                    stand[-1][3],
-                )
-                st.walk = [(r[1], r[2]) for r in onset] + [(g, a)]
-                st.walk_start = stand[-1][0]
-                if cfg.mounting == "nominal":
-                    return self._finish_calibration(st)
-            if not still:
-                st.buffer.clear()
-            return None
-        if st.still_count >= need_still:  # standing again: the next walk starts over
+                return
+            guard = cfg.onset_guard_s
+            streak = list(st.buffer)
+            st.still_since = np.nan
+            st.buffer.clear()
+            if not streak or streak[-1][0] - streak[0][0] + period < cfg.standing_s + guard - 1e-9:
+                return
+            # the whole still streak (as buffered) but its last `guard` s, which may already
+            # hold the gentle onset of the walk: those belong to the walk
+            t_end = streak[-1][0] - guard
+            stand = [r for r in streak if r[0] <= t_end + 1e-9]
+            onset = [r for r in streak if r[0] > t_end + 1e-9]
+            times = np.array([r[0] for r in stand])
+            sg, sa = _gridded(
+                times,
+                [np.stack([r[1] for r in stand]), np.stack([r[2] for r in stand])],
+                times[0],
+                cfg.rate,
+            )
+            st.stand = (times, sg, sa, stand[-1][3])
+            st.walk = [(r[0], r[1], r[2]) for r in onset] + [(t, g, a)]
+            st.walk_start = stand[-1][0] + period
+            if cfg.mounting == "nominal":
+                self._finish_calibration(st)
+                return
+            # the filters see bias-free gyros from here on (what calibrate will estimate)
+            _, bias, _ = standing_estimates(sg, sa, period)
+            st.bias = np.where(np.isfinite(bias), bias, 0.0)
+            return
+        if still_s >= cfg.standing_s - 1e-9:  # standing again: the next walk starts over
             st.stand = None
             st.walk = []
-            return None
-        st.walk.append((g, a))
+            return
+        st.walk.append((t, g, a))
         if not still:
+            st.still_since = np.nan
             st.buffer.clear()
-        if len(st.walk) >= round(cfg.walking_s * cfg.rate):
-            return self._finish_calibration(st)
-        return None
+        self._maybe_finish(st, t)
 
-    def _finish_calibration(self, st: _SubjectState) -> np.ndarray | None:
-        """Calibrate from the captured stand + walk; returns the filter state to continue
-        from (q (13, 4)) when calibrated."""
+    def _maybe_finish(self, st: _SubjectState, t: float) -> None:
+        cfg = self.config
+        if t - st.walk_start + 1.0 / cfg.rate >= cfg.walking_s - 1e-9:
+            self._finish_calibration(st)
+
+    def _finish_calibration(self, st: _SubjectState) -> None:
+        """Calibrate from the captured stand + walk (on the tick grid)."""
         cfg = self.config
         assert st.stand is not None
-        sg, sa, q_stand = st.stand
+        _, sg, sa, q_stand = st.stand
         if cfg.mounting == "nominal":
-            cal = _nominal_calibration(sg, sa, q_stand, cfg.calibration.standing_pose)
+            cal = _nominal_calibration(sg, sa, q_stand, self._R_stance)
         else:
-            wg = np.stack([w[0] for w in st.walk])
-            wa = np.stack([w[1] for w in st.walk])
+            wt = np.array([w[0] for w in st.walk])
+            wg, wa = _gridded(
+                wt,
+                [np.stack([w[1] for w in st.walk]), np.stack([w[2] for w in st.walk])],
+                st.walk_start,
+                cfg.rate,
+            )
             cal = calibrate(sg, sa, q_stand, wg, wa, 1.0 / cfg.rate, cfg.calibration)
         st.calib_notes = cal.notes
-        walk = list(st.walk)
         self._restart_capture(st)
         if not cal.ok[SEGMENT_INDEX["pelvis"]]:
-            return None  # no usable heading: wait for the next stand + walk
+            st.bias = np.zeros_like(st.bias)
+            return  # no usable heading: wait for the next stand + walk
         st.calibration = cal
+        # the filters ran on these gyros during the walk already (the same estimate)
+        st.bias = cal.gyro_bias.copy()
         # the relative-yaw memory starts from the assumed stance (a toed-out foot, …)
-        R0 = standing_rotations(standing_pose_dofs(cfg.calibration.standing_pose))
+        R0 = self._R_stance
         st.rel_mean = np.exp(1j * (_yaw(R0) - self._reference_yaw(_yaw(R0)[None], cal.ok[None])[0]))
         st.rel_mean = np.where(np.isfinite(st.rel_mean), st.rel_mean, 0.0)
-        # sensors whose filter restarted during the walk (a long gap) keep their live state
-        # and re-acquire their heading; the others ran on biased gyros during the walk:
-        # replay it from the standing orientation with the bias removed
+        # sensors whose filter restarted during the walk (a long gap) re-acquire their heading
         st.lost &= cal.ok
-        replay = OrientationFilter((len(SEGMENTS),), cfg.filter)
-        replay.initialize(q_stand)
-        for g, a in walk:
-            replay.step(g - cal.gyro_bias, a, 1.0 / cfg.rate, np.isfinite(g).all(axis=1))
-        return np.where(st.lost[:, None], np.nan, replay.q)
 
     # -- segment orientations, heading, re-acquisition -----------------------------------------
     def _segments(
-        self, st: _SubjectState, t: np.ndarray, q: np.ndarray, mask: np.ndarray
+        self,
+        st: _SubjectState,
+        t: np.ndarray,
+        q: np.ndarray,
+        mask: np.ndarray,
+        start: int,
+        fresh: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Segment rotations, availability and heading for the batch's ticks; ticks before
+        `start` (not yet calibrated) and ticks that are not fresh are unavailable."""
         cfg = self.config
         m, n = mask.shape
         cal = st.calibration
-        if cal is None:
-            return np.full((m, n, 3, 3), np.nan), np.zeros((m, n), bool), np.zeros(m)
-        R = cal.segment_rotations(q)
-        yaw = _yaw(R)  # (m, 13), NaN for segments not calibrated
-        healthy = cal.ok[None] & mask & ~st.lost[None]
-        self._reacquire(st, t, yaw, mask)
-        healthy = cal.ok[None] & mask & ~st.lost[None]
+        R = np.full((m, n, 3, 3), np.nan)
+        healthy = np.zeros((m, n), bool)
+        heading = np.zeros(m)
+        if cal is None or start >= m:
+            return R, healthy, heading
+        idx = np.flatnonzero(fresh[start:]) + start
+        if not len(idx):
+            return R, healthy, heading
+        tt, qq, mm = t[idx], q[idx], mask[idx]
+        if st.lost.any():
+            # re-acquisition changes ψ at one tick: tick by tick, so that the batch's cut
+            # does not matter
+            Rs = np.empty((len(idx), n, 3, 3))
+            for j in range(len(idx)):
+                Rj = cal.segment_rotations(qq[j : j + 1])
+                if st.lost.any() and self._reacquire(st, tt[j : j + 1], _yaw(Rj), mm[j : j + 1]):
+                    Rj = cal.segment_rotations(qq[j : j + 1])
+                Rs[j] = Rj[0]
+                healthy[idx[j]] = cal.ok & mm[j] & ~st.lost
+        else:
+            Rs = cal.segment_rotations(qq)
+            healthy[idx] = cal.ok[None] & mm
+        R[idx] = Rs
+        hh = healthy[idx]
+        yaw = _yaw(Rs)  # NaN for segments not calibrated
         # the relative-yaw memory of healthy segments
-        ref_yaw = self._reference_yaw(yaw, healthy)
+        ref_yaw = self._reference_yaw(yaw, hh)
         rel = np.exp(1j * (yaw - ref_yaw))
-        use = healthy & np.isfinite(ref_yaw)
+        use = hh & np.isfinite(ref_yaw)
         alpha = 1.0 - np.exp(-1.0 / (cfg.relative_tau_s * cfg.rate))
-        for i in range(m):  # a scalar recursion per tick (13 complex numbers)
+        for i in range(len(idx)):  # a scalar recursion per tick (13 complex numbers)
             u = use[i]
             st.rel_mean[u] += alpha * (rel[i, u] - st.rel_mean[u])
-        heading = self._heading(
-            st, yaw[:, SEGMENT_INDEX["pelvis"]], healthy[:, SEGMENT_INDEX["pelvis"]]
-        )
+        p = SEGMENT_INDEX["pelvis"]
+        heading[idx] = self._heading(st, yaw[:, p], hh[:, p])
         return R, healthy, heading
 
     def _reference_yaw(self, yaw: np.ndarray, healthy: np.ndarray) -> np.ndarray:
@@ -490,11 +590,13 @@ class ClassicalImuEstimator(Estimator):
 
     def _reacquire(
         self, st: _SubjectState, t: np.ndarray, yaw: np.ndarray, mask: np.ndarray
-    ) -> None:
+    ) -> bool:
+        """Accumulate the lost sensors' yaw relative to their references over these ticks;
+        True when a sensor's heading was re-acquired (ψ changed)."""
         cfg = self.config
         cal = st.calibration
         if cal is None or not st.lost.any():
-            return
+            return False
         healthy = cal.ok[None] & mask & ~st.lost[None]
         ref = self._reference_yaw(yaw, healthy)
         settled = np.isfinite(st.restart_t)[None] & (
@@ -502,18 +604,18 @@ class ClassicalImuEstimator(Estimator):
         )
         use = st.lost[None] & mask & settled & np.isfinite(ref) & np.isfinite(yaw)
         if not use.any():
-            return
+            return False
         st.reacq_sum += np.where(use, np.exp(1j * (yaw - ref)), 0.0).sum(axis=0)
         st.reacq_n += use.sum(axis=0)
         done = st.lost & (st.reacq_n >= cfg.reacquire_s * cfg.rate)
-        if done.any():
-            # choose ψ so the segment's mean yaw relative to its reference is what it was
-            shift = np.angle(st.rel_mean[done]) - np.angle(st.reacq_sum[done])
-            cal.earth_yaw[done] = _wrap(cal.earth_yaw[done] + shift)
-            st.lost[done] = False
-            st.restart_t[done] = np.nan
-            # the ticks of this batch already computed with the old ψ: fix their yaw
-            yaw[:, done] = _wrap(yaw[:, done] + shift)
+        if not done.any():
+            return False
+        # choose ψ so the segment's mean yaw relative to its reference is what it was
+        shift = np.angle(st.rel_mean[done]) - np.angle(st.reacq_sum[done])
+        cal.earth_yaw[done] = _wrap(cal.earth_yaw[done] + shift)
+        st.lost[done] = False
+        st.restart_t[done] = np.nan
+        return True
 
     def _heading(self, st: _SubjectState, pelvis_yaw: np.ndarray, ok: np.ndarray) -> np.ndarray:
         """Causal two-pole low-pass of the unwrapped pelvis yaw (held where it is missing)."""
@@ -543,7 +645,7 @@ class ClassicalImuEstimator(Estimator):
 
 
 def _nominal_calibration(
-    sg: np.ndarray, sa: np.ndarray, q_stand: np.ndarray, standing_pose: str
+    sg: np.ndarray, sa: np.ndarray, q_stand: np.ndarray, R0: np.ndarray
 ) -> Calibration:
     """Mounting assumed = identity; heading ψ from the assumed stance; bias from standing."""
     n = len(SEGMENTS)
@@ -552,7 +654,6 @@ def _nominal_calibration(
         g = np.nanmean(np.linalg.norm(sa, axis=-1), axis=0)
     ok = np.isfinite(bias).all(axis=1) & np.isfinite(q_stand).all(axis=1)
     R = quat_to_matrix(np.where(np.isfinite(q_stand), q_stand, (1.0, 0, 0, 0)))
-    R0 = standing_rotations(standing_pose_dofs(standing_pose))
     D = np.einsum("sij,skj->sik", R0, R)  # R0 · I · R_standᵀ
     return Calibration(
         mounting=np.tile(np.eye(3), (n, 1, 1)),
