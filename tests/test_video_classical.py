@@ -47,7 +47,14 @@ def scene() -> dict:
     vis = np.stack([c.visible(kp) for c in cams], axis=1)
     perfect = np.concatenate([uv, vis[..., None].astype(float)], axis=-1)
     noisy = add_keypoint2d_noise(uv, vis, np.random.default_rng(2), NoiseParams())
-    return {"t": t, "truth": motion.angles(t), "cams": cams, "perfect": perfect, "noisy": noisy}
+    return {
+        "t": t,
+        "truth": motion.angles(t),
+        "cams": cams,
+        "perfect": perfect,
+        "noisy": noisy,
+        "joints": kp,
+    }
 
 
 def _run(est, t, det, cam_mask=None, chunk=20) -> np.ndarray:
@@ -120,3 +127,27 @@ def test_lost_views_and_joints(scene: dict) -> None:
         ClassicalVideoEstimator(scene["cams"][:1])
     with pytest.raises(ValueError, match="camera views"):
         _run(ClassicalVideoEstimator(scene["cams"][:3]), scene["t"][:5], det[:5])
+
+
+def test_given_joint_centres_are_used_instead_of_triangulation(scene: dict) -> None:
+    """A batch that carries 3-D joint centres needs no 2-D views (e.g. an evaluation feeding
+    the same joints the neural video models get); masked joints give NaN like lost views."""
+    t, joints = scene["t"][:120], scene["joints"][:120].copy()
+    mask = np.ones(joints.shape[:2], bool)
+    mask[:30, KEYPOINT_INDEX["knee_l"]] = False
+    n, C = len(t), len(scene["cams"])
+    b = SyncedBatch(
+        t=t,
+        imu=np.zeros((n, 13, 6)),
+        imu_mask=np.zeros((n, 13), bool),
+        keypoints=np.zeros((n, C, 17, 3)),
+        keypoint_mask=np.zeros((n, C), bool),  # no view at all
+        joints3d=joints,
+        joints3d_mask=mask,
+    )
+    A = ClassicalVideoEstimator(scene["cams"]).update("s", b).angles
+    assert np.isnan(A[:30, ANGLE_INDEX["knee_flexion_l"]]).all()
+    knee = ANGLE_INDEX["knee_flexion_r"]
+    ref = _run(ClassicalVideoEstimator(scene["cams"]), t, scene["perfect"][:120], chunk=120)
+    assert np.nanmax(np.abs(A[:, knee] - ref[:, knee])) < 0.5
+    assert np.isfinite(A[30:, ANGLE_INDEX["knee_flexion_l"]]).all()

@@ -236,6 +236,22 @@ class ClassicalVideoEstimator(Estimator):
                 f"the estimator was built with {len(self.cameras)} cameras"
             )
         st = self._states.setdefault(subject, _VideoState())
+        points = self._points(subject, batch)
+        R = segment_rotations_from_keypoints(
+            points, self.pelvis_tilt_deg, (cfg.plane_min_deg, cfg.plane_full_deg)
+        )
+        available = np.isfinite(R).all(axis=(-1, -2))
+        pelvis = SEGMENT_INDEX["pelvis"]
+        heading = self._heading(st, R[:, pelvis], available[:, pelvis])
+        angles = angles_from_segments(R, heading, available)
+        angles[:, self._nan_cols] = np.nan
+        return AnglesResult(t=np.asarray(batch.t, float).copy(), angles=angles)
+
+    def _points(self, subject: str, batch: SyncedBatch) -> np.ndarray:
+        """3-D joint centres: the batch's own when it has them, else triangulated."""
+        if batch.joints3d is not None:
+            return np.where(batch.joints3d_mask[..., None], batch.joints3d, np.nan)
+        cfg = self.config
         tri = triangulate_keypoints(
             self.cameras,
             batch.keypoints,
@@ -245,15 +261,7 @@ class ClassicalVideoEstimator(Estimator):
             P=self._P,
         )
         self.last_triangulation[subject] = tri
-        R = segment_rotations_from_keypoints(
-            tri.points, self.pelvis_tilt_deg, (cfg.plane_min_deg, cfg.plane_full_deg)
-        )
-        available = np.isfinite(R).all(axis=(-1, -2))
-        pelvis = SEGMENT_INDEX["pelvis"]
-        heading = self._heading(st, R[:, pelvis], available[:, pelvis])
-        angles = angles_from_segments(R, heading, available)
-        angles[:, self._nan_cols] = np.nan
-        return AnglesResult(t=np.asarray(batch.t, float).copy(), angles=angles)
+        return tri.points
 
     def _heading(self, st: _VideoState, R_pelvis: np.ndarray, ok: np.ndarray) -> np.ndarray:
         """Causal two-pole low-pass of the unwrapped pelvis yaw, held where it is missing."""
