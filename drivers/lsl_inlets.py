@@ -18,7 +18,9 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +33,39 @@ from drivers.selectors import xpath_literal
 from drivers.units import channel_meta, unit_scale
 from fusion.skeleton import IMU_CHANNELS, SEGMENTS
 
-__all__ = ["ImuChunk", "ImuInlet", "PairedImuInlet", "StreamFormatError", "open_all"]
+__all__ = [
+    "ImuChunk",
+    "ImuInlet",
+    "PairedImuInlet",
+    "StreamFormatError",
+    "local_clock",
+    "open_all",
+]
 
 log = logging.getLogger(__name__)
 
 #: How often the clock offset is refreshed (liblsl keeps estimating it in the background).
 TIME_CORRECTION_REFRESH_S = 1.0
+
+
+def _pick_local_clock() -> Callable[[], float]:
+    """`pylsl.local_clock`, or `time.monotonic` where that is the same clock.
+
+    Why: liblsl's clock is std::chrono::steady_clock, on Linux CLOCK_MONOTONIC like
+    time.monotonic; reading it through ctypes releases the GIL, and in a process where another
+    stage thread computes, every release costs this thread up to a switch interval to get the
+    GIL back. The hot ingest path reads the clock a few times per packet. Used only when the
+    two agree to within 0.1 ms on every one of a few reads (a different clock would differ by
+    an arbitrary offset).
+    """
+    diffs = [pylsl.local_clock() - time.monotonic() for _ in range(5)]
+    if max(abs(d) for d in diffs) < 1e-4:
+        return time.monotonic
+    return pylsl.local_clock
+
+
+#: The LSL clock (seconds), without a ctypes call where possible (see _pick_local_clock).
+local_clock: Callable[[], float] = _pick_local_clock()
 
 
 class StreamFormatError(ValueError):
@@ -272,14 +301,29 @@ class ImuInlet:
         with contextlib.suppress(LslTimeoutError):
             self._offset = self._inlet.time_correction(0.0)
 
-    def _drain(self) -> tuple[np.ndarray, np.ndarray]:
-        """Pull everything queued: raw (N, n_channels) copy and remote timestamps (N,)."""
+    @property
+    def can_wait(self) -> bool:
+        """Whether `pull(timeout)` can block on liblsl now (not while reconnecting)."""
+        return self._inlet is not None and not self._lost
+
+    def _drain(self, timeout: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Pull everything queued: raw (N, n_channels) copy and remote timestamps (N,).
+
+        With `timeout` > 0 and nothing queued, block in liblsl (the GIL released) until the
+        first sample arrives or the timeout passes, then take whatever else is there.
+        """
         assert self._inlet is not None and self._buf is not None
         parts_x, parts_t = [], []
+        first = timeout > 0
         while True:
             view, ts = self._inlet.pull_chunk(
-                timeout=0.0, max_samples=self._cap, dest_obj=self._buf, as_numpy=True
+                timeout=timeout if first else 0.0,
+                max_samples=self._cap,
+                dest_obj=self._buf,
+                as_numpy=True,
+                min_samples=1 if first else None,
             )
+            first = False
             n = len(ts)
             if n == 0:
                 break
@@ -307,18 +351,24 @@ class ImuInlet:
             return raw[start:], ts[start:]
         return raw, ts
 
-    def pull(self) -> ImuChunk | None:
-        """Everything new since the last call (at most `max_backlog_s` of it), or None."""
-        now = pylsl.local_clock()
+    def pull(self, timeout: float = 0.0) -> ImuChunk | None:
+        """Everything new since the last call (at most `max_backlog_s` of it), or None.
+
+        `timeout` > 0: when nothing is queued, wait up to that long for the first sample
+        (event-driven ingest: the caller wakes when the data is there, not on a timer).
+        A stream being reconnected never blocks.
+        """
         if self._inlet is None:
             if self._resolver is None:
                 raise RuntimeError(f"IMU stream {self._where()}: pull() before open()")
             if not self._try_reconnect():
                 return None
         try:
-            raw, ts = self._drain()
+            raw, ts = self._drain(timeout if not self._lost else 0.0)
+            now = local_clock()
             self._refresh_offset(now)
         except LostError:
+            now = local_clock()
             self._on_lost(now, "liblsl reports the stream lost and cannot recover it")
             self._start_resolver()
             return None

@@ -1,8 +1,8 @@
 """Stage timestamps carried by every message, so latency is measured where it happens.
 
 A trace starts at the instant its data describes (`origin`: the newest sample or tick time, on
-the LSL clock) and each stage appends the LSL-clock time at which it handed the message on.
-The latency of a stage is the gap since the previous stamp (the first stage: since `origin`),
+the LSL clock) and each stage appends the LSL-clock time at which it handed the message on
+(drivers.lsl_inlets.local_clock: read without releasing the GIL where possible). The latency of a stage is the gap since the previous stamp (the first stage: since `origin`),
 so Ray hops and queueing are charged to the stage that received the message, and the stage
 latencies of one message add up to its end-to-end latency.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pylsl
+from drivers.lsl_inlets import local_clock
 
 __all__ = ["STAGES", "Trace"]
 
@@ -31,7 +31,7 @@ class Trace:
         """Record that `stage` finished with this message now (or at `t`); returns self."""
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
-        self.stamps.append((stage, pylsl.local_clock() if t is None else float(t)))
+        self.stamps.append((stage, local_clock() if t is None else float(t)))
         return self
 
     def branch(self, origin: float | None = None) -> Trace:

@@ -423,3 +423,39 @@ def test_paired_inlet_counts_gaps_late_and_out_of_order_acc() -> None:
     assert inlet.pull() is None
     inlet.close()
     del gyr_out, acc_out
+
+
+def test_pull_with_timeout_wakes_on_the_first_sample_not_the_timeout() -> None:
+    """The event-driven ingest blocks in liblsl: it must return as the data lands."""
+    import threading
+
+    u = _uid()
+    out = _outlet(f"imu-{u}", f"sid-{u}", list(IMU_CHANNELS), list(IMU_UNITS))
+    inlet = ImuInlet(_resolve_one(source_id=f"sid-{u}"), ["head"])
+    inlet.open()
+    assert inlet.can_wait
+    t0 = time.monotonic()
+    assert inlet.pull(timeout=0.15) is None  # nothing sent: waits the timeout, then None
+    waited = time.monotonic() - t0
+    assert 0.1 <= waited < 1.0, waited
+
+    def later() -> None:
+        time.sleep(0.1)
+        now = pylsl.local_clock()
+        out.push_chunk(np.ones((3, 6), np.float32), (now + np.arange(3) / RATE).tolist())
+
+    th = threading.Thread(target=later)
+    t0 = time.monotonic()
+    th.start()
+    chunk = inlet.pull(timeout=5.0)
+    waited = time.monotonic() - t0
+    th.join()
+    assert chunk is not None
+    assert waited < 2.0, f"pull(timeout=5) took {waited:.2f} s for data sent after 0.1 s"
+    # the rest of the chunk is drained with it (or right after), nothing lost
+    n = len(chunk.timestamps)
+    while n < 3:
+        more = inlet.pull(timeout=1.0)
+        assert more is not None
+        n += len(more.timestamps)
+    assert n == 3 and inlet.stats["samples"] == 3

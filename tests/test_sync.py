@@ -44,3 +44,105 @@ def test_interp_rows_empty_inputs() -> None:
     assert v.shape == (0, 1, 0) and m.shape == (0, 1)
     v, m = interp_rows([np.array([1.0])], [np.ones((1, 6))], np.zeros(0), 0.03)
     assert v.shape == (1, 0, 6) and not m.any()
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+class _Clock:
+    """Stands in for pylsl in services.actors.sync (only local_clock is used there)."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def local_clock(self) -> float:
+        return self.t
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.msgs: list = []
+
+    def put(self, msg: object) -> None:
+        self.msgs.append(msg)
+
+
+def _sync_stage(monkeypatch: pytest.MonkeyPatch, clock: _Clock, wake: str):
+    import services.actors.sync as sync_mod
+    from fusion.skeleton import SEGMENTS
+    from services.actors.stage import Local
+    from services.config import ImuStreamConfig, SubjectConfig, SyncConfig
+
+    monkeypatch.setattr(sync_mod, "pylsl", clock)
+    monkeypatch.setenv("GAIT_STREAM_WAKE", wake)
+    table = {seg: None for seg in SEGMENTS}
+    table["pelvis"] = ImuStreamConfig(name="p", source_id="p")
+    sink = _Sink()
+    sync = sync_mod.Sync(
+        [SubjectConfig(id="s0", imu=table, cameras=[])],
+        Local(sink),
+        None,
+        cfg=SyncConfig(max_wait_ms=40.0, stale_after_ms=250.0),
+        imu_rate_hint=100.0,
+    )
+    return sync, sink
+
+
+def _imu_msg(t: np.ndarray, arrived: float):
+    from services.actors.messages import ImuMsg, ImuPart
+    from services.trace import Trace
+
+    part = ImuPart("s0", "p", ("pelvis",), t, np.zeros((len(t), 1, 6)), 100.0, arrived)
+    return ImuMsg.pack([part], Trace(float(t[-1])).stamp("ingest", arrived))
+
+
+@pytest.mark.parametrize("wake", ["event", "timer"])
+def test_tick_goes_out_when_raw_stamp_jitters_just_before_it(
+    monkeypatch: pytest.MonkeyPatch, wake: str
+) -> None:
+    """A sample due 0.3 ms after a tick but stamped 0.5 ms early (jitter): the dejittered
+    watermark passes the tick, so the event-driven sync emits it at once; the former raw
+    pre-check held it for the next packet (10 ms)."""
+    clock = _Clock(1000.0)
+    sync, sink = _sync_stage(monkeypatch, clock, wake)
+    rate = 60.0
+    k0 = 60_000  # tick 1000.0 s
+    phase = 0.3e-3  # samples lie 0.3 ms after the tick grid points that they coincide with
+    grid = k0 / rate + phase + np.arange(-300, 1) * 0.01  # 3 s of samples, the last one at +0.3ms
+    ticks_of = round((grid[-1] - phase) * rate)
+    for i in range(0, len(grid) - 1, 5):  # everything but the last sample, as rounds
+        t = grid[i : min(i + 5, len(grid) - 1)]
+        clock.t = float(t[-1]) + 0.001
+        sync.step([_imu_msg(t, clock.t)])
+    sink.msgs.clear()
+    last = np.array([grid[-1] - 0.8e-3])  # raw stamp: 0.5 ms before the tick
+    clock.t = grid[-1] + 0.001
+    sync.step([_imu_msg(last, clock.t)])
+    emitted = [round(x * rate) for m in sink.msgs for x in m.batches["s0"].t]
+    if wake == "event":
+        assert emitted and emitted[-1] == ticks_of
+    else:
+        assert ticks_of not in emitted
+
+
+def test_sync_sleeps_until_the_max_wait_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock(1000.0)
+    sync, sink = _sync_stage(monkeypatch, clock, "event")
+    assert sync.wait_s() == pytest.approx(sync.idle_s)  # nothing seen: nothing is due
+    t = 1000.0 + np.arange(50) * 0.01
+    clock.t = float(t[-1]) + 0.001
+    sync.step([_imu_msg(t, clock.t)])
+    subj = sync.subjects["s0"]
+    assert subj.k_next is not None and sink.msgs
+    due = subj.k_next / 60.0 + sync.max_wait  # the next tick's max wait runs out then
+    assert due > clock.t
+    assert sync.wait_s() == pytest.approx(min(sync.idle_s, due - clock.t), abs=1e-9)
+    clock.t = due + 1e-4  # past it: only new data can help, back to the long sleep
+    assert sync.wait_s() == pytest.approx(
+        min(sync.idle_s, float(t[-1]) + 0.001 + sync.stale - clock.t), abs=1e-9
+    )
+    monkeypatch.setenv("GAIT_STREAM_WAKE", "timer")
+    import services.actors.sync as sync_mod
+
+    old = sync_mod.Sync([], None, None)
+    assert old.wait_s() == 0.004

@@ -6,6 +6,10 @@ mapping, time correction, non-finite samples removed and counted) and sends ever
 one message to the sync stage: one per round of packets, and only once the round lets a new
 model tick out (see `_advances_a_tick`).
 
+Event-driven: the worker does not poll on a timer; it blocks in liblsl (GIL released) on the
+stream whose packet the round still lacks and wakes the moment it lands, so a round leaves
+within microseconds of its last packet (GAIT_STREAM_WAKE=timer brings back the 2 ms poll).
+
 What it handles beyond the inlet:
 - streams not found at start, or with a wrong channel layout, are logged once with the stream
   named and counted (bad_input{reason=not_found|format}); missing ones are looked for again in
@@ -22,17 +26,17 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pylsl
 
-from drivers.lsl_inlets import ImuInlet, StreamFormatError
+from drivers.lsl_inlets import ImuInlet, StreamFormatError, local_clock
 from drivers.selectors import StreamSelector, resolve
 from services.actors.messages import ImuMsg, ImuPart
-from services.actors.stage import Stage, call
+from services.actors.stage import Stage, call, recent_ms
 from services.config import SubjectConfig
 from services.trace import Trace
 
@@ -82,7 +86,7 @@ def imu_sources(subjects: list[SubjectConfig]) -> list[ImuSource]:
 
 class ImuIngest(Stage):
     stage = "ingest"
-    idle_s = 0.002  # poll period: IMU packets arrive every ~10 ms
+    idle_s = 0.0  # the worker waits in liblsl for the next packet (step), not on a timer
 
     def __init__(
         self,
@@ -120,6 +124,14 @@ class ImuIngest(Stage):
         self.max_defer_s = 0.015
         self._held_since = math.inf
         self._sent_tick = -(2**62)
+        self.raw_slack_s = 0.002 if self.event_driven else 0.0  # see _advances_a_tick
+        self.blocking = False  # the worker waits on the inlets (start()); direct step() polls
+        self.max_block_s = 0.05  # longest single wait in liblsl (stop() is seen within it)
+        self._last_src: ImuSource | None = None
+        self._laggard: ImuSource | None = None
+        # per round sent: its newest sample's age when it left (transport, lab and wake-up
+        # delays; the wait for the sample after a tick is not in it), for status()
+        self._ages: deque[float] = deque(maxlen=2000)
 
     # ------------------------------------------------------------------ opening
 
@@ -192,7 +204,7 @@ class ImuIngest(Stage):
                 src.inlet = inlet
                 src.failed = None
                 src.stats_seen = {}
-                src.last_arrival = pylsl.local_clock()
+                src.last_arrival = local_clock()
             if src.logged:
                 log.info("IMU stream '%s' (subject %s) is up", src.label, src.subject)
             self.buf.set("stream_up", (src.subject, src.label), 1)
@@ -226,48 +238,128 @@ class ImuIngest(Stage):
 
     # ------------------------------------------------------------------ pulling
 
+    def start(self) -> bool:
+        """Run the worker event-driven: it blocks on the inlets instead of a polling timer."""
+        self.blocking = self.event_driven
+        return super().start()
+
+    def wait_s(self) -> float:
+        # event-driven: step() itself waits in liblsl; timer mode: poll every 2 ms
+        return 0.0 if self.blocking else 0.002
+
     def step(self, messages: list[Any]) -> None:
+        """Pull what arrived; in the worker also wait (in liblsl) for the round's next packet.
+
+        Called directly (tests) it only polls. In the worker (`blocking`) one step is one
+        wait: on a stream whose packet the round still lacks (the one that came last the
+        previous round first), bounded by the hold and flush timers, so a round goes out the
+        moment its last packet lands instead of at the next tick of a poll timer.
+        """
         self._retry_missing()
-        now = pylsl.local_clock()
         with self._lock:
             active = [s for s in self.sources if s.inlet is not None]
+        now = local_clock()
+        self._pull_ready(active, now)
+        if self._finish_round(active, now) or not self.blocking:
+            return
+        target, timeout = self._next_wait(active, now)
+        if target is None:
+            with self._cv:  # nothing to block on (no stream up): sleep; stop() wakes it
+                if self._running:
+                    self._cv.wait(timeout)
+            return
+        self._pull_source(target, now, timeout)
+        now = local_clock()
+        self._pull_ready(active, now)
+        self._finish_round(active, now)
+
+    def _pull_ready(self, active: list[ImuSource], now: float) -> None:
+        """Non-blocking pull of every stream that may have something new."""
         for src in active:
             if now < src.next_poll:
                 continue  # delivered a moment ago: nothing new before ~its next period
-            try:
-                chunk = src.inlet.pull()
-            except StreamFormatError as exc:  # came back with another layout
-                src.inlet.close()
-                src.inlet = None
-                self._fail(src, "format", str(exc))
-                continue
-            except Exception as exc:
-                self.log_error(f"pull {src.label}", exc)
-                continue
-            if chunk is None:
-                continue
-            t = self._check_clock(src, chunk.timestamps, now)
-            src.last_arrival = now
-            if src.inlet.rate > 0:
-                src.next_poll = now + self.poll_skip / src.inlet.rate
-            src.fresh = True
-            src.newest = max(src.newest, float(t[-1]))
-            self.samples += len(t)
-            self.buf.inc("input", (src.subject, src.label, "imu"), len(t))
-            self._parts.append(
-                ImuPart(src.subject, src.label, chunk.segments, t, chunk.data, src.inlet.rate, now)
-            )
-            if self._first_part is None:
-                self._first_part = now
-            if self._held_since == math.inf:
-                self._held_since = now
-        if self._parts and self._round_complete(active, now):
-            if self._advances_a_tick(active, now):
-                self._send()
-            else:  # nothing the sync could emit yet: ride along with the next round
-                for src in self.sources:
-                    src.fresh = False
-                self._first_part = now
+            self._pull_source(src, now)
+
+    def _pull_source(self, src: ImuSource, now: float, timeout: float = 0.0) -> None:
+        """Pull one stream (waiting up to `timeout` for its first sample) and keep the part."""
+        inlet = src.inlet
+        if inlet is None:
+            return
+        try:
+            chunk = inlet.pull(timeout)
+        except StreamFormatError as exc:  # came back with another layout
+            inlet.close()
+            src.inlet = None
+            self._fail(src, "format", str(exc))
+            return
+        except Exception as exc:
+            self.log_error(f"pull {src.label}", exc)
+            return
+        if chunk is None:
+            return
+        if timeout > 0:
+            now = local_clock()  # it arrived now, not when the wait began
+        t = self._check_clock(src, chunk.timestamps, now)
+        src.last_arrival = now
+        if inlet.rate > 0:
+            src.next_poll = now + self.poll_skip / inlet.rate
+        src.fresh = True
+        src.newest = max(src.newest, float(t[-1]))
+        self.samples += len(t)
+        self.buf.inc("input", (src.subject, src.label, "imu"), len(t))
+        self._parts.append(
+            ImuPart(src.subject, src.label, chunk.segments, t, chunk.data, inlet.rate, now)
+        )
+        self._last_src = src
+        if self._first_part is None:
+            self._first_part = now
+        if self._held_since == math.inf:
+            self._held_since = now
+
+    def _finish_round(self, active: list[ImuSource], now: float) -> bool:
+        """Send (or hold) a complete round; True when a round was closed."""
+        if not (self._parts and self._round_complete(active, now)):
+            return False
+        self._laggard = self._last_src
+        if self._advances_a_tick(active, now):
+            self._send()
+        else:  # nothing the sync could emit yet: ride along with the next round
+            for src in self.sources:
+                src.fresh = False
+            self._first_part = now
+        return True
+
+    def _live(self, src: ImuSource, now: float) -> bool:
+        return src.last_arrival is not None and now - src.last_arrival < self.stale_s
+
+    def _next_wait(self, active: list[ImuSource], now: float) -> tuple[ImuSource | None, float]:
+        """Which stream to block on, and for how long at most.
+
+        A packet the round still lacks is waited for (the stream that completed the last
+        round first: it is usually the last to arrive again); between rounds any live stream
+        will do. The wait ends at the latest when the hold or defer time of what is held runs
+        out, or when the metrics flush or the search for missing streams is due.
+        """
+        timeout = self.max_block_s
+        if self._first_part is not None:
+            timeout = min(timeout, self._first_part + self.hold_s - now)
+        if self._held_since != math.inf:
+            timeout = min(timeout, self._held_since + self.max_defer_s - now)
+        mono = time.monotonic()
+        timeout = min(timeout, self._last_flush + self.flush_s - mono)
+        if self._next_retry > mono and any(
+            s.inlet is None and s.failed != "format" for s in self.sources
+        ):  # (past it while a search still runs: that search's end is not worth a wake-up)
+            timeout = min(timeout, self._next_retry - mono)
+        timeout = max(timeout, 1e-4)
+        waitable = [s for s in active if s.inlet is not None and s.inlet.can_wait]
+        due = [s for s in waitable if not s.fresh and self._live(s, now)]
+        if not due:  # between rounds, or nothing live: any stream's next packet
+            due = [s for s in waitable if not s.fresh] or waitable
+        if not due:
+            return None, timeout
+        lag = self._laggard
+        return (lag if any(s is lag for s in due) else due[-1]), timeout
 
     def _advances_a_tick(self, active: list[ImuSource], now: float) -> bool:
         """Whether what is held lets the sync stage emit a new model tick.
@@ -286,9 +378,12 @@ class ImuIngest(Stage):
         ]
         if not live or not all(math.isfinite(w) for w in live):
             return True  # a stream without data yet: no watermark to reason about
-        k = math.floor(min(live) * self.tick_rate + 1e-9)
-        if k > self._sent_tick:
-            self._sent_tick = k
+        # raw stamps jitter: a sample due right at a tick may be stamped a little before it,
+        # and the sync stage's dejittered watermark can still let that tick out; but only
+        # the strict watermark counts as sent, so if it did not, the next round goes at once
+        k_loose = math.floor((min(live) + self.raw_slack_s) * self.tick_rate + 1e-9)
+        if k_loose > self._sent_tick:
+            self._sent_tick = math.floor(min(live) * self.tick_rate + 1e-9)
             return True
         return False
 
@@ -311,6 +406,7 @@ class ImuIngest(Stage):
         self._held_since = math.inf
         newest = max(float(p.t[-1]) for p in self._parts)
         trace = Trace(origin=newest).stamp("ingest")
+        self._ages.append(trace.last() - newest)
         call(self.sync, "put", ImuMsg.pack(self._parts, trace))
         self._parts = []
         self._first_part = None
@@ -319,7 +415,7 @@ class ImuIngest(Stage):
 
     def flush(self, force: bool = False) -> None:
         if force or time.monotonic() - self._last_flush >= self.flush_s:
-            now = pylsl.local_clock()
+            now = local_clock()
             with self._lock:
                 active = [s for s in self.sources if s.inlet is not None]
             for src in active:
@@ -368,6 +464,9 @@ class ImuIngest(Stage):
 
     def summary(self) -> dict[str, Any]:
         return {"dropped": self.dropped, "samples": self.samples, **self.streams()}
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "sample_age_ms": recent_ms(self._ages)}
 
     def close(self) -> None:
         with self._lock:

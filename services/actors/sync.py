@@ -12,6 +12,11 @@ holding the watermark, otherwise every tick would wait `max_wait` until it came 
 that arrive for ticks already emitted are counted late and kept only as interpolation support.
 If the sync stage ever falls more than `max_behind_s` behind, it skips ahead (counted as
 dropped{stage=sync, reason=behind}) rather than publishing stale ticks.
+
+When: every message wakes the stage and a tick goes out in that step once its watermark has
+passed; with no data it sleeps exactly until the next max-wait or staleness deadline
+(`wait_s`), not on a polling timer. The cheap pre-check on raw stamps allows `raw_slack_s` of
+jitter, so a sample stamped a little early does not hold its tick until the next packet.
 """
 
 from __future__ import annotations
@@ -177,7 +182,7 @@ class _Subject:
 
 class Sync(Stage):
     stage = "sync"
-    idle_s = 0.004  # timer resolution for max_wait (messages wake the stage at once)
+    idle_s = 0.05  # longest sleep; the max-wait and staleness deadlines wake it (wait_s)
 
     def __init__(
         self,
@@ -203,6 +208,11 @@ class Sync(Stage):
         self.max_behind_ticks = max(1, int(max_behind_s * self.rate))
         self.wait_for = set(self.cfg.wait_for)
         self.dejitter_max_dev = 0.005  # s: see _flush_imu
+        # raw stamps jitter around the dejittered ones: a stream whose raw watermark is this
+        # close below a tick may already let it out (see _ready_ticks)
+        self.raw_slack_s = 0.002 if self.event_driven else 0.0
+        if not self.event_driven:
+            self.idle_s = 0.004  # the timer-driven runtime polled for max_wait
         self.subjects: dict[str, _Subject] = {}
         for subj in subjects:
             imu: dict[str, _Stream] = {}
@@ -376,6 +386,27 @@ class Sync(Stage):
         self.emitted += sum(len(b.t) for b in batches.values())
         call(self.inference, "put", TickMsg(batches, out))
 
+    def wait_s(self) -> float:
+        """Sleep until the next moment a tick could go out without new data arriving.
+
+        That is a subject's max wait running out for its next tick, or an awaited stream
+        turning stale (it stops holding the watermark), or the first tick's grace period
+        ending. Data arriving wakes the stage anyway (put).
+        """
+        if not self.event_driven:
+            return self.idle_s
+        now = pylsl.local_clock()
+        times = []
+        for subj in self.subjects.values():
+            if subj.k_next is not None:
+                times.append(subj.k_next / self.rate + self.max_wait)
+            elif subj.first_seen is not None:
+                times.append(subj.first_seen + self.stale)
+            times += [st.last_arrival + self.stale for st in self._streams_for(subj)]
+        # a deadline already past was handled by the step that ran then: only data helps now
+        future = [t - now for t in times if t > now]
+        return min(self.idle_s, max(min(future, default=self.idle_s), 0.0005))
+
     def _streams_for(self, subj: _Subject) -> list[_Stream]:
         out: list[_Stream] = []
         if "imu" in self.wait_for:
@@ -391,7 +422,8 @@ class Sync(Stage):
             return None
         assert subj.k_next is not None
         # cheap test on raw stamps first; dejitter only when a tick may be due
-        k_last = self._last_ready(subj.k_next, [s.raw_watermark for s in live], now)
+        slack = self.raw_slack_s
+        k_last = self._last_ready(subj.k_next, [s.raw_watermark + slack for s in live], now)
         if k_last < subj.k_next:
             return None
         for st in subj.video.values():

@@ -10,11 +10,21 @@ error against the simulator's ground truth (RMSE, lower-limb angles).
 The first `--warmup` seconds (default 3) are not measured: Ray workers and the estimator are
 still settling. `--find-max` raises the number of subjects until 60 Hz can no longer be held
 (any subject below 59 Hz, or ticks dropped) and reports the largest K that held.
+
+`--hold MINUTES` (or any run of a minute or more) also judges every minute on its own:
+`hold.minutes[i]` has that minute's output rate, missing ticks (gaps in the tick grid of the
+angles that arrived), dropped count, p99 and largest gap between outputs; `hold.held` is true
+when every minute and the whole run had all ticks at the model rate and nothing dropped.
+
+`--wake timer` runs the pipeline as it was before the event-driven runtime (ingest polling
+its inlets every 2 ms, sync on a 4 ms timer; GAIT_STREAM_WAKE, see services/actors/stage.py),
+for comparisons under the same load; it applies to a Ray this command starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -32,6 +42,7 @@ from services.config import ConfigError, load_config, simulated_subjects
 __all__ = ["register", "run", "run_bench"]
 
 RATE_TOLERANCE_HZ = 1.0  # --find-max: a subject below rate - this no longer holds the rate
+SNAPSHOT_TIMEOUT_S = 30.0  # a loaded machine can take seconds to answer; never lose a run to it
 SCORED_ANGLES = tuple(a for a in LOWER_LIMB_ANGLES if not a.startswith("foot_progression"))
 
 
@@ -53,6 +64,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--find-max", action="store_true", help="raise --subjects until 60 Hz cannot be held"
     )
     p.add_argument("--max-subjects", type=int, default=32, help="--find-max upper bound")
+    p.add_argument(
+        "--hold",
+        type=float,
+        metavar="MINUTES",
+        help="measure MINUTES (instead of --seconds) and judge every minute: 60 Hz held, "
+        "nothing dropped",
+    )
+    p.add_argument(
+        "--wake",
+        choices=("event", "timer"),
+        help="event: stages wake on data and deadlines (default); timer: the former polling "
+        "runtime, to compare (sets GAIT_STREAM_WAKE for the Ray this starts)",
+    )
     p.set_defaults(func=run)
 
 
@@ -158,12 +182,124 @@ def _pct(ms: np.ndarray) -> dict[str, float]:
 
 
 def _cpu(pipe: Any) -> dict[str, float]:
-    """CPU seconds so far of each actor process (time.process_time in the actor)."""
+    """CPU seconds so far of each role (its process, or its thread where roles share one)."""
     import ray
 
     names = list(pipe.actors)
     refs = [pipe.actors[n].cpu.remote() for n in names]
-    return dict(zip(names, ray.get(refs, timeout=10), strict=True))
+    return dict(zip(names, ray.get(refs, timeout=SNAPSHOT_TIMEOUT_S), strict=True))
+
+
+def _processes(pipe: Any) -> dict[str, list[str]]:
+    """Process label ("+"-joined roles) -> its roles: the hosts, and actors on their own."""
+    out = {key: key.split("+") for key in pipe.hosts}
+    hosted = {r for roles in out.values() for r in roles}
+    out |= {name: [name] for name in pipe.actors if name not in hosted}
+    return out
+
+
+def _statuses(pipe: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per role: inbox wait, step time and step CPU (ms, p50/p99 of the last ~2000 steps);
+    per process: its garbage-collection pauses. From each stage's status()."""
+    import ray
+
+    roles = [r for r in pipe.actors if r != "metrics"]
+    refs = {r: pipe.actors[r].status.remote() for r in roles}
+    steps: dict[str, Any] = {}
+    st: dict[str, Any] = {}
+    for role, ref in refs.items():
+        try:
+            st[role] = ray.get(ref, timeout=SNAPSHOT_TIMEOUT_S)
+        except Exception as exc:  # a status query must not lose the measurement
+            st[role] = {"error": str(exc)}
+        steps[role] = {
+            k: st[role][k]
+            for k in ("inbox_wait_ms", "step_ms", "step_cpu_ms", "sample_age_ms", "error")
+            if st[role].get(k)
+        }
+    gc_of = {}
+    for label, members in _processes(pipe).items():
+        role = next((r for r in members if r in st), None)
+        if role is not None:
+            gc_of[label] = st[role].get("gc", st[role].get("error"))
+    return steps, gc_of
+
+
+def _moved(a: dict[str, dict[str, float]], b: dict[str, dict[str, float]], key: str) -> dict:
+    """The series of counter `key` that grew between two totals, by label."""
+    before = a.get(key, {})
+    return {
+        lab: int(v - before.get(lab, 0.0))
+        for lab, v in b.get(key, {}).items()
+        if v - before.get(lab, 0.0) > 0
+    }
+
+
+def _tick_gaps(t: np.ndarray, rate: float) -> tuple[int, int, float]:
+    """(missing, duplicate) ticks in the tick grid of `t`, and the largest gap (ms)."""
+    if len(t) == 0:
+        return 0, 0, float("nan")
+    k = np.round(np.asarray(t) * rate).astype(np.int64)
+    uniq = np.unique(k)
+    missing = int(uniq[-1] - uniq[0] + 1 - len(uniq))
+    gap = float(np.max(np.diff(uniq))) / rate * 1e3 if len(uniq) > 1 else 0.0
+    return missing, int(len(k) - len(uniq)), round(gap, 2)
+
+
+def _arrival_gap_ms(arrival: np.ndarray) -> float:
+    """Largest time between two consecutive outputs reaching the observer."""
+    if len(arrival) < 2:
+        return float("nan")
+    return round(float(np.max(np.diff(np.unique(arrival)))) * 1e3, 2)
+
+
+def _hold_report(
+    feeds: list[tuple[np.ndarray, np.ndarray]],
+    marks: list[tuple[float, dict[str, Any]]],
+    rate: float,
+    lookahead_s: float,
+) -> dict[str, Any]:
+    """Judge each minute between `marks` (lsl time, metrics totals) on its own.
+
+    A minute holds when every subject got all its ticks (none missing in the tick grid, a
+    rate within 1 Hz of the model rate) and no stage dropped anything.
+    """
+    minutes = []
+    for (a, tot_a), (b, tot_b) in itertools.pairwise(marks):
+        span = b - a
+        subj = []
+        for t, arrival in feeds:
+            sel = (arrival >= a) & (arrival < b)
+            missing, dup, tick_gap = _tick_gaps(t[sel], rate)
+            subj.append(
+                {
+                    "rate_hz": round(int(sel.sum()) / span, 2) if span > 0 else 0.0,
+                    "missing_ticks": missing,
+                    "duplicate_ticks": dup,
+                    "max_tick_gap_ms": tick_gap,
+                    "max_output_gap_ms": _arrival_gap_ms(arrival[sel]),
+                    "p99_ms": _pct((arrival[sel] - t[sel] - lookahead_s) * 1e3)["p99"],
+                }
+            )
+        dropped = int(_delta(tot_a, tot_b, "dropped"))
+        held = dropped == 0 and all(
+            s["missing_ticks"] == 0 and s["rate_hz"] >= rate - RATE_TOLERANCE_HZ for s in subj
+        )
+        minutes.append(
+            {
+                "minute": len(minutes) + 1,
+                "seconds": round(span, 2),
+                "held": held,
+                "dropped": dropped,
+                "late": int(_delta(tot_a, tot_b, "late")),
+                "masked": int(_delta(tot_a, tot_b, "masked")),
+                "rate_hz": min((s["rate_hz"] for s in subj), default=0.0),
+                "missing_ticks": sum(s["missing_ticks"] for s in subj),
+                "max_output_gap_ms": max((s["max_output_gap_ms"] for s in subj), default=0.0),
+                "p99_ms": max((s["p99_ms"] for s in subj), default=float("nan")),
+            }
+        )
+    return {"minutes": minutes, "minutes_held": sum(m["held"] for m in minutes)}
 
 
 def _machine_busy_s() -> float:
@@ -211,6 +347,10 @@ def run_bench(
 
     pipe = start_pipeline(cfg, address, run_tag=tag)
     obs = Observer()
+    # this process runs the simulated lab and the observer: a thread woken by a sample (the
+    # observer's inlet, the lab's push timer) should not wait 5 ms for the GIL to stamp it
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, 0.001))
     try:
         ids = list(pipe.info["subjects"])
         obs.open(
@@ -220,19 +360,43 @@ def run_bench(
         )
         time.sleep(warmup)
         sys0, me0, cpu0 = _machine_busy_s(), _own_cpu_s(), _cpu(pipe)
-        snap0 = pipe.snapshot(window_s=None)
+        snap0 = pipe.snapshot(window_s=None, timeout=SNAPSHOT_TIMEOUT_S)
         t_start = pylsl.local_clock()
-        time.sleep(seconds)
+        marks = [(t_start, snap0.get("totals", {}))]
+        t_stop, next_mark = t_start + seconds, t_start + 60.0
+        while (now := pylsl.local_clock()) < t_stop:
+            if now >= next_mark:  # the metrics totals at every full minute (per-minute verdicts)
+                if now < t_stop - 1.0:
+                    marks.append(
+                        (
+                            now,
+                            pipe.snapshot(window_s=None, timeout=SNAPSHOT_TIMEOUT_S).get(
+                                "totals", {}
+                            ),
+                        )
+                    )
+                next_mark += 60.0
+                continue
+            time.sleep(max(0.0, min(t_stop, next_mark) - now))
         t_end = pylsl.local_clock()
         sys1, me1, cpu1 = _machine_busy_s(), _own_cpu_s(), _cpu(pipe)
-        snap1 = pipe.snapshot(window_s=seconds)
+        snap1 = pipe.snapshot(window_s=seconds, timeout=SNAPSHOT_TIMEOUT_S)
+        marks.append((t_end, snap1.get("totals", {})))
+        steps, gc_pauses = _statuses(pipe)
+        # how late the simulated lab itself pushed (its samples are that much older on arrival)
+        n_push = int(seconds / max(pipe.lab.push_period_s, 1e-3))
+        push_delay_ms = _pct(np.asarray(list(pipe.lab.push_delays)[-n_push:]) * 1e3)
+        processes = _processes(pipe)
         lookahead_s = float(pipe.info["estimator"].get("lookahead_s", 0.0))
         estimator = pipe.info["estimator"].get("estimator")
+        load = os.getloadavg()
     finally:
         obs.close()
         summary = stop_pipeline(pipe)
+        sys.setswitchinterval(switch)
 
     per_subject: dict[str, Any] = {}
+    feeds: list[tuple[np.ndarray, np.ndarray]] = []
     all_lat: list[np.ndarray] = []
     sq_err: dict[str, list[np.ndarray]] = {a: [] for a in SCORED_ANGLES}
     truth = {f.subject: Observer.arrays(f) for f in obs.truth}
@@ -242,10 +406,14 @@ def run_bench(
         lat_ms = (arrival[sel] - t[sel] - lookahead_s) * 1e3
         all_lat.append(lat_ms)
         n = int(sel.sum())
-        expected = seconds * rate
+        feeds.append((t, arrival))
+        missing, dup, tick_gap = _tick_gaps(t[sel], rate)
         per_subject[feed.subject] = {
             "rate_hz": round(n / seconds, 2),
-            "missing_ticks": max(0, round(expected - n)),
+            "missing_ticks": missing,
+            "duplicate_ticks": dup,
+            "max_tick_gap_ms": tick_gap,
+            "max_output_gap_ms": _arrival_gap_ms(arrival[sel]),
             "latency_ms": _pct(lat_ms),
         }
         tt, tx, _ = truth.get(feed.subject, (np.zeros(0), None, None))
@@ -263,23 +431,52 @@ def run_bench(
     }
     busy = sys1 - sys0
     wall = t_end - t_start
-    actor_cpu = {n: round((cpu1[n] - cpu0[n]) / wall, 3) for n in cpu1}
+    actor_cpu = {n: round((cpu1[n] - cpu0[n]) / wall, 3) for n in cpu1 if n in cpu0}
+    process_cpu = {
+        label: round(sum(cpu1[r] - cpu0[r] for r in roles if r in cpu0 and r in cpu1) / wall, 3)
+        for label, roles in processes.items()
+    }
     m_tot0, m_tot1 = snap0.get("totals", {}), snap1.get("totals", {})
     stages = snap1.get("latency_ms", {}).get("stages", {})
     rates = [v["rate_hz"] for v in per_subject.values()]
+    dropped = int(_delta(m_tot0, m_tot1, "dropped"))
+    hold = _hold_report(feeds, marks, rate, lookahead_s)
+    missing_total = sum(v["missing_ticks"] for v in per_subject.values())
+    hold["held"] = bool(
+        hold["minutes"]
+        and all(m["held"] for m in hold["minutes"])
+        and missing_total == 0
+        and dropped == 0
+        and rates
+        and min(rates) >= rate - RATE_TOLERANCE_HZ
+    )
+    hold["rule"] = (
+        f"every minute and the whole run: no tick missing at {rate:g} Hz, rate within "
+        f"{RATE_TOLERANCE_HZ:g} Hz, nothing dropped"
+    )
     return {
         "latency_ms": _pct(lat),
         "rate_hz": round(min(rates), 2) if rates else 0.0,
-        "dropped": int(_delta(m_tot0, m_tot1, "dropped")),
+        "dropped": dropped,
+        "dropped_by": _moved(m_tot0, m_tot1, "dropped"),  # stage|reason -> count
+        "held": hold["held"],
         "late": int(_delta(m_tot0, m_tot1, "late")),
         "masked": int(_delta(m_tot0, m_tot1, "masked")),
+        "masked_by": _moved(m_tot0, m_tot1, "masked"),  # subject|modality -> ticks
         "bad_input": int(_delta(m_tot0, m_tot1, "bad_input")),
-        "missing_ticks": sum(v["missing_ticks"] for v in per_subject.values()),
+        "missing_ticks": missing_total,
+        "max_output_gap_ms": max(
+            (v["max_output_gap_ms"] for v in per_subject.values()), default=float("nan")
+        ),
+        "max_tick_gap_ms": max(
+            (v["max_tick_gap_ms"] for v in per_subject.values()), default=float("nan")
+        ),
         "lookahead_ms": round(lookahead_s * 1e3, 2),
         "latency_incl_lookahead_ms": _pct(lat + lookahead_s * 1e3),
         "stages_ms": {
-            s: {"p50": round(v["p50"], 2), "p99": round(v["p99"], 2)} for s, v in stages.items()
+            s: {k: round(v[k], 2) for k in ("p50", "p99", "max")} for s, v in stages.items()
         },
+        "stage_steps_ms": steps,
         "pipeline_e2e_ms": {
             k: round(v, 2) for k, v in snap1.get("latency_ms", {}).get("end_to_end", {}).items()
         },
@@ -296,8 +493,13 @@ def run_bench(
             "machine_cores": os.cpu_count(),
             "driver_and_simlab_cores": round((me1 - me0) / wall, 3),
             "actors_cores": actor_cpu,
+            "process_cores": process_cpu,
         },
-        "lab": summary.get("lab", {}),
+        "gc": gc_pauses,
+        "load_average": [round(v, 2) for v in load],
+        "wake": os.environ.get("GAIT_STREAM_WAKE", "event"),
+        "lab": {**summary.get("lab", {}), "push_delay_ms": push_delay_ms},
+        "hold": hold,
     }
 
 
@@ -311,6 +513,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.estimator:
         cfg.model.estimator = args.estimator
+    if args.wake:
+        os.environ["GAIT_STREAM_WAKE"] = args.wake  # before Ray starts: its workers inherit it
+    seconds = args.seconds if args.hold is None else args.hold * 60.0
+    if seconds <= 0:
+        print("gait-stream bench: --seconds/--hold must be positive", file=sys.stderr)
+        return 2
     import ray
 
     try:
@@ -320,14 +528,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         if not args.find_max:
-            result = run_bench(cfg, args.subjects, args.seconds, args.warmup)
+            result = run_bench(cfg, args.subjects, seconds, args.warmup)
             _report(result, args.json)
             return 0
         trials = []
         best = 0
         k = max(1, args.subjects)
         while k <= args.max_subjects:
-            res = run_bench(cfg, k, args.seconds, args.warmup)
+            res = run_bench(cfg, k, seconds, args.warmup)
             held = (
                 min(v["rate_hz"] for v in res["per_subject"].values())
                 >= cfg.model.rate_hz - RATE_TOLERANCE_HZ
@@ -378,11 +586,18 @@ def _report(res: dict[str, Any], as_json: bool) -> None:
     print(
         f"  output rate {res['rate_hz']} Hz (slowest subject); missing ticks "
         f"{res['missing_ticks']}; dropped {res['dropped']}, late {res['late']}, "
-        f"masked {res['masked']}"
+        f"masked {res['masked']}; largest gap between outputs {res['max_output_gap_ms']} ms"
     )
     print(
-        f"  CPU: {res['cpu']['machine_cores_busy']} of {res['cpu']['machine_cores']} cores busy; "
-        f"actors {res['cpu']['actors_cores']}"
+        f"  CPU: {res['cpu']['machine_cores_busy']} of {res['cpu']['machine_cores']} cores busy "
+        f"(load average {res['load_average']}); per process {res['cpu']['process_cores']}"
     )
+    for m in res["hold"]["minutes"] if len(res["hold"]["minutes"]) > 1 else []:
+        print(
+            f"    minute {m['minute']:>2}: {'held' if m['held'] else 'NOT held'}, "
+            f"{m['rate_hz']} Hz, missing {m['missing_ticks']}, dropped {m['dropped']}, "
+            f"p99 {m['p99_ms']} ms, largest gap {m['max_output_gap_ms']} ms"
+        )
+    print(f"  60 Hz held with nothing dropped: {res['held']}")
     if res["rmse_deg"]:
         print(f"  angle RMSE vs truth (deg): {res['rmse_deg']}")

@@ -1,0 +1,65 @@
+"""The bench's verdicts (services/commands/bench.py): tick gaps and the per-minute hold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.commands.bench import _arrival_gap_ms, _hold_report, _tick_gaps
+
+RATE = 60.0
+
+
+def _ticks(k0: int, n: int) -> np.ndarray:
+    return (k0 + np.arange(n)) / RATE
+
+
+def test_tick_gaps_count_missing_and_duplicates() -> None:
+    t = _ticks(60_000, 120)
+    assert _tick_gaps(t, RATE) == (0, 0, pytest.approx(1e3 / RATE, abs=0.01))
+    holed = np.delete(t, [10, 11, 50])
+    missing, dup, gap = _tick_gaps(holed, RATE)
+    assert (missing, dup) == (3, 0)
+    assert gap == pytest.approx(3e3 / RATE, abs=0.01)
+    assert _tick_gaps(np.concatenate([t, t[:5] + 1e-6]), RATE)[:2] == (0, 5)
+    assert _tick_gaps(np.zeros(0), RATE)[:2] == (0, 0)
+
+
+def test_arrival_gap() -> None:
+    assert _arrival_gap_ms(np.array([1.0, 1.01, 1.01, 1.05])) == pytest.approx(40.0)
+    assert np.isnan(_arrival_gap_ms(np.array([1.0])))
+
+
+def test_hold_report_judges_each_minute() -> None:
+    """Three minutes: the second loses ticks, the third drops a message in a stage."""
+    n = int(3 * 60 * RATE)
+    t = _ticks(60_000, n)
+    arrival = t + 0.01
+    t0 = float(arrival[0])
+    keep = np.ones(n, bool)
+    keep[int(90 * RATE) : int(90 * RATE) + 4] = False  # 4 ticks lost at 1:30
+    feeds = [(t[keep], arrival[keep])]
+    marks = [
+        (t0, {"dropped": {"sync|queue_full": 0.0}}),
+        (t0 + 60.0, {"dropped": {"sync|queue_full": 0.0}}),
+        (t0 + 120.0, {"dropped": {"sync|queue_full": 0.0}}),
+        (t0 + 180.0, {"dropped": {"sync|queue_full": 2.0}}),
+    ]
+    rep = _hold_report(feeds, marks, RATE, lookahead_s=0.0)
+    m1, m2, m3 = rep["minutes"]
+    assert m1["held"] and m1["missing_ticks"] == 0 and m1["dropped"] == 0
+    assert m1["rate_hz"] == pytest.approx(RATE, abs=0.1)
+    assert m1["p99_ms"] == pytest.approx(10.0, abs=0.01)
+    assert not m2["held"] and m2["missing_ticks"] == 4
+    assert m2["max_output_gap_ms"] == pytest.approx(5e3 / RATE, abs=0.1)
+    assert not m3["held"] and m3["dropped"] == 2 and m3["missing_ticks"] == 0
+    assert rep["minutes_held"] == 1
+
+
+def test_moved_counters_by_label() -> None:
+    from services.commands.bench import _moved
+
+    a = {"masked": {"s0|imu": 3.0, "s0|video": 10.0}}
+    b = {"masked": {"s0|imu": 3.0, "s0|video": 25.0, "s1|video": 2.0}}
+    assert _moved(a, b, "masked") == {"s0|video": 15, "s1|video": 2}
+    assert _moved(a, b, "dropped") == {}

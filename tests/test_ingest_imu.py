@@ -1,0 +1,127 @@
+"""The IMU ingest stage's worker: event-driven (blocks in liblsl) instead of a polling timer.
+
+Real LSL on loopback, no Ray (`Local` stands in for the sync stage's handle).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+import pylsl
+import pytest
+
+from drivers.lsl_outlets import make_stream_info
+from fusion.skeleton import IMU_CHANNELS, IMU_UNITS, SEGMENTS
+from services.actors.ingest_imu import ImuIngest
+from services.actors.stage import Local
+from services.config import ImuStreamConfig, SubjectConfig
+
+TAG = f"ingest{os.getpid()}"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.msgs: list = []
+        self.at: list[float] = []
+        self.lock = threading.Lock()
+
+    def put(self, msg: object) -> None:
+        with self.lock:
+            self.msgs.append(msg)
+            self.at.append(pylsl.local_clock())
+
+
+class CountingIngest(ImuIngest):
+    """Counts worker steps: a polling worker steps every 2 ms, an event-driven one on data."""
+
+    steps = 0
+
+    def step(self, messages: list) -> None:
+        self.steps += 1
+        super().step(messages)
+
+
+def _setup(monkeypatch: pytest.MonkeyPatch, wake: str, tag: str):
+    """Two live streams and one that never appears (its search keeps running meanwhile)."""
+    monkeypatch.setenv("GAIT_STREAM_WAKE", wake)
+    names = {"thigh_l": f"{TAG}-{tag}-thigh", "shank_l": f"{TAG}-{tag}-shank"}
+    absent = f"{TAG}-{tag}-absent"
+    outlets = {
+        seg: pylsl.StreamOutlet(
+            make_stream_info(n, "IMU", IMU_CHANNELS, IMU_UNITS, 100.0, "float32", n),
+            chunk_size=0,
+        )
+        for seg, n in names.items()
+    }
+    table = {seg: None for seg in SEGMENTS}
+    for seg, n in names.items():
+        table[seg] = ImuStreamConfig(name=n, source_id=n)
+    table["head"] = ImuStreamConfig(name=absent, source_id=absent)
+    sink = Sink()
+    ing = CountingIngest(
+        [SubjectConfig(id="s0", imu=table, cameras=[])],
+        Local(sink),
+        None,
+        resolve_timeout_s=0.3,
+        retry_s=0.1,  # looked for again and again while the test runs
+        tick_rate=0.0,  # no holding back of rounds that complete no tick
+        hold_s=0.05,  # a round waits this long for its late packets (4 ms live: load-proof here)
+        flush_s=0.25,
+    )
+    status = ing.open()
+    assert sorted(status["up"]) == sorted(names.values())
+    assert status["missing"] == {absent: "not_found"}
+    return ing, sink, outlets
+
+
+def _push_round(outlets: dict, t: float) -> None:
+    for out in outlets.values():
+        out.push_sample(np.ones(6, np.float32), t)
+
+
+@pytest.mark.parametrize("wake", ["event", "timer"])
+def test_worker_waits_on_data_not_on_a_timer(monkeypatch: pytest.MonkeyPatch, wake: str) -> None:
+    ing, sink, outlets = _setup(monkeypatch, wake, wake)
+    try:
+        ing.start()
+        time.sleep(0.5)  # silent streams
+        idle_steps = ing.steps
+        if wake == "event":
+            assert ing.blocking
+            assert idle_steps < 60, f"{idle_steps} steps in 0.5 s without data: polling"
+        else:
+            assert not ing.blocking and idle_steps > 100  # the former 2 ms poll, for contrast
+        # rounds sent as their last packet lands: every round arrives, promptly
+        lags = []
+        for k in range(10):
+            t = pylsl.local_clock()
+            n_before = sum(len(p.t) for m in sink.msgs for p in m.parts)
+            _push_round(outlets, t)
+            deadline = time.monotonic() + 2.0
+            while sum(len(p.t) for m in sink.msgs for p in m.parts) < n_before + 2:
+                assert time.monotonic() < deadline, f"round {k} never reached the sync stage"
+                time.sleep(0.001)
+            lags.append(sink.at[-1] - t)
+            time.sleep(0.01)
+    finally:
+        ing.stop()
+    streams = {p.stream for m in sink.msgs for p in m.parts}
+    assert len(streams) == 2
+    assert np.median(lags) < 0.2, lags
+    if wake == "event":
+        # both packets of a live round travel together (one message to the sync stage)
+        late = [m for m in sink.msgs[-5:] if len(m.parts) != 2]
+        assert not late, [[p.stream for p in m.parts] for m in sink.msgs[-5:]]
+
+
+def test_stop_ends_a_blocked_worker_promptly(monkeypatch: pytest.MonkeyPatch) -> None:
+    ing, _sink, _outlets = _setup(monkeypatch, "event", "stop")
+    ing.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    ing.stop()
+    assert time.monotonic() - t0 < 1.0
+    assert ing._thread is not None and not ing._thread.is_alive()
