@@ -7,12 +7,15 @@ occasional lost samples, and sometimes a discontinuity (a restarted device, a cl
 - `dejitter_offline` is pyxdf 1.17's `_jitter_removal` (`dejitter_timestamps=True`): split at
   |Δt| > max(1 s, 500 samples), ordinary least squares of stamp on sample index per segment,
   streams with nominal rate 0 or `desc/synchronization/can_drop_samples == true` left alone.
-- `Dejitterer` is the online form used live. Per segment it keeps exponentially forgotten
-  weighted sums (half-life `halflife_s`, like liblsl's `proc_dejitter` smoothing), so each chunk
-  costs O(chunk) numpy, and fits the line with Huber weights so bursts do not drag it. On top
-  of pyxdf's rule it re-indexes across short gaps (samples lost in transport: the following
-  stamps are all late by a whole number of periods) instead of bending the line through them.
-  Every anomaly is counted (`DejitterCounters`).
+- `Dejitterer` is the online form used live. A regular-rate stream's sample k was taken at
+  `t0 + k·T`, where k counts the samples *sent*, lost ones included: a loss is a whole number
+  of missing periods, never a change of rate. So each sample is first given its integer index
+  (the lower envelope of the stamps against the current line, rounded to whole periods:
+  stamps arrive late, never early, beyond jitter; samples stamped together in a burst are
+  pushed back onto the grid), then the line is refined from (index, stamp) pairs with
+  exponentially forgotten weighted sums (half-life `halflife_s`, like liblsl's
+  `proc_dejitter` smoothing), Huber weights, and a prior that the rate is near nominal. Each
+  chunk costs O(chunk) numpy. Every anomaly is counted (`DejitterCounters`).
 
 Streams that may drop samples (cameras) are not dejittered (their frame index is not a clock)
 but their anomalies are still counted. Units: seconds.
@@ -109,10 +112,18 @@ class Dejitterer:
 
     `enabled=False` (cameras, irregular streams) passes stamps through but still counts.
     Parameters: `halflife_s` forgetting half-life; breaks/resets at |Δt| > max(
-    `break_threshold_seconds`, `break_threshold_samples`·T) as pyxdf; a gap (lost samples)
-    is re-indexed when the stamps step up by more than max(`gap_min_s`, `gap_periods`·T) and
-    stay there; the next `gap_confirm` samples refine its size, and if they fall back the
-    step was one late sample and the re-indexing is undone (counted as `late`).
+    `break_threshold_seconds`, `break_threshold_samples`·T) as pyxdf.
+    Lost samples: once `jitter_min_n` intervals show the stream is clean enough
+    (`loss_jitter_k`·jitter < T/2; it stops being so at 3T/4), a sample whose stamp, and every
+    later one's in its chunk, is more than half a period late on the line is re-indexed by the
+    rounded number of periods; otherwise only gaps over max(`gap_min_s`, `gap_periods`·T) are
+    bridged, and their size is refined with the median of the `gap_confirm` samples after
+    them. Samples that come in early by whole periods undo a re-indexing (counted `late`): at
+    once for the first `gap_confirm` samples after a gap sized on a chunk's last stamps, else
+    after `early_confirm` in a row; early by more than the gap threshold and staying there is
+    a clock step back (new segment). Jitter: from the last `jitter_window` intervals (see
+    `_note_jitter`, lag `jitter_lag`). `rate_prior`: the relative rate uncertainty of the
+    period prior (it matters only in the first seconds).
     """
 
     def __init__(
@@ -127,6 +138,12 @@ class Dejitterer:
         gap_min_s: float = 0.02,
         gap_confirm: int = 8,
         huber_k: float = 3.0,
+        loss_jitter_k: float = 5.0,
+        early_confirm: int = 3,
+        jitter_window: int = 256,
+        jitter_min_n: int = 16,
+        jitter_lag: int = 32,
+        rate_prior: float = 5e-3,
         min_delta_s: float = 2e-4,
         burst_fraction: float = 0.1,
         min_fit_samples: int = 10,
@@ -145,6 +162,20 @@ class Dejitterer:
         self.gap_min_s = gap_min_s
         self.gap_confirm = max(1, gap_confirm)
         self.huber_k = huber_k
+        self.loss_jitter_k = loss_jitter_k
+        self.early_confirm = max(1, early_confirm)
+        self.jitter_min_n = jitter_min_n
+        self._jd = np.zeros(max(jitter_window, jitter_min_n, 1))  # |wrapped intervals|, newest last
+        self._jd_n = 0
+        self.jitter_lag = max(1, jitter_lag)
+        self._lag_t = np.full(self.jitter_lag, np.nan)  # the last stamps, for lagged intervals
+        self._jl = np.zeros(len(self._jd))
+        self._jl_n = 0
+        self._fine = False  # single losses are re-indexed (the stream is clean enough)
+        self._jitter = np.nan
+        self._jd_new = 0  # samples since the jitter was last estimated
+        self._jq: list[tuple[np.ndarray, np.ndarray]] = []  # their (stamps, intervals)
+        self.rate_prior = rate_prior
         self.min_delta_s = min_delta_s
         self.burst_fraction = burst_fraction
         self.min_fit_samples = min_fit_samples
@@ -167,10 +198,12 @@ class Dejitterer:
         self._scale = np.nan
         self._last_out = -np.inf
         self._batch_k: list[np.ndarray] = []
-        self._last_r = 0.0
         self._hist: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))
-        self._skip_m = 0  # size of the last gap while it is still being confirmed
-        self._post: list[float] = []  # residuals of the samples after it
+        self._pend_m = 0  # size of the last gap sized on a chunk's last stamps
+        self._seg_missing = 0  # periods re-indexed in this segment (what an undo may take back)
+        self._pend_left = 0  # samples after it that may still undo it at once
+        self._post: list[float] = []  # residuals (periods) of the samples after it
+        self._early_r: list[float] = []  # residuals (periods) of the trailing early run
 
     @property
     def period(self) -> float:
@@ -201,6 +234,8 @@ class Dejitterer:
         prev = np.concatenate(([self._last_raw], t[:-1]))
         d = t - prev  # NaN for the very first sample
         self._count_deltas(d)
+        if self.enabled:
+            self._note_jitter(t, d)
         self._last_raw = float(t[-1])
         # Discontinuities split the chunk into runs; each starts a new segment.
         # Irregular streams (markers) have no break rule, only backward resets.
@@ -260,8 +295,77 @@ class Dejitterer:
     def _gap_threshold(self) -> float:
         return max(self.gap_min_s, self.gap_periods * self._T)
 
+    def _loss_threshold(self) -> float:
+        """Lateness (s) that means lost samples rather than jitter.
+
+        Half a period (a loss is a whole period: rounding decides), or `loss_jitter_k` times
+        the stamps' jitter if that is larger (`_note_jitter`), at most the gap threshold (used too until
+        `jitter_min_n` intervals of each kind have shown what the jitter is). Why not always the gap
+        threshold: samples lost one at a time would each leave the following stamps one
+        period late, and the line would bend through them as if the rate were lower (5 %
+        single losses: tens of ms off).
+        """
+        gap = self._gap_threshold()
+        if self._jd_n < self.jitter_min_n:
+            return gap
+        jit = self._jitter
+        # too jittery to tell a single period from jitter: only gaps are bridged (with
+        # hysteresis: a burst of jitter does not flip a clean stream back and forth)
+        kj = self.loss_jitter_k * jit
+        fine = kj < (0.75 if self._fine else 0.5) * self._T
+        if fine and not self._fine:
+            # Until now single losses bent the line towards a slower rate: start its slope
+            # afresh from nominal (the rate is known to a fraction of a percent), through the
+            # newest sample, so that whole periods are counted against the right grid.
+            self._S = np.zeros(5)
+            self._T = self.T0
+        self._fine = fine
+        return 0.5 * self._T if self._fine else gap
+
+    def _note_jitter(self, t: np.ndarray, d: np.ndarray) -> None:
+        """Track the jitter from stamp intervals wrapped to +-T/2 (s).
+
+        Independent of the fit and of the indexing: a lost sample makes an interval of 2T,
+        which wraps to its jitter; samples stamped together (bursts) are left out. Two
+        views, the larger wins: the 98 % quantile of the sample-to-sample intervals (scaled
+        to a Gaussian sigma; a quantile, not the median, so that a packetised stream, samples
+        spaced exactly within jittered packets, shows its packet jitter), and the median of
+        the intervals over `jitter_lag` samples (stamps that wander against the true clock,
+        by a fraction of a period over a packet or two, as the real Muse EEG does).
+        """
+        T = self.T0  # not the fitted period: a line bent by unindexed losses must not blur it
+        if T <= 0:
+            return
+        # batched: every 16 new samples, not per call (a quantile of 256 costs ~50 µs)
+        self._jq.append((t, d))
+        self._jd_new += len(t)
+        if self._jd_new < 16:
+            return
+        t = np.concatenate([q[0] for q in self._jq])
+        d = np.concatenate([q[1] for q in self._jq])
+        self._jq, self._jd_new = [], 0
+        ok = np.isfinite(d) & (d > self.burst_fraction * T) & (d <= self.break_thr)
+        if ok.any():
+            w = np.abs(d[ok] - T * np.round(d[ok] / T))[-len(self._jd) :]
+            self._jd = np.concatenate((self._jd[len(w) :], w))
+            self._jd_n = min(self._jd_n + len(w), len(self._jd))
+        L = self.jitter_lag
+        full = np.concatenate((self._lag_t, t))[-(len(t) + L) :]
+        self._lag_t = full[-L:]
+        dl = full[L:] - full[:-L]
+        ok = np.isfinite(dl) & (dl > (L - 0.5) * T) & (dl <= L * T + self.break_thr)
+        if ok.any():
+            w = np.abs(dl[ok] - T * np.round(dl[ok] / T))[-len(self._jl) :]
+            self._jl = np.concatenate((self._jl[len(w) :], w))
+            self._jl_n = min(self._jl_n + len(w), len(self._jl))
+        if self._jd_n:
+            self._jitter = float(np.percentile(self._jd[-self._jd_n :], 98)) / 2.326
+        if self._jl_n:
+            lag = 1.4826 * float(np.median(self._jl[-self._jl_n :])) / np.sqrt(2.0)
+            self._jitter = max(self._jitter, lag) if np.isfinite(self._jitter) else lag
+
     def _run(self, t: np.ndarray) -> None:
-        """Index and fit stamps of the current segment (recursing on a rebase)."""
+        """Index and fit stamps of the current segment (recursing on a new segment)."""
         n = len(t)
         k = self._k_next + np.arange(n, dtype=float)
         if self._seg_n == 0:
@@ -273,72 +377,132 @@ class Dejitterer:
                 self._run(t[head:])
                 return
             k = self._young_indices(t)
-        r = t - self._predict(k)
-        if self._seg_n >= self.min_fit_samples:
-            self._refine_gap(k, r)
-            thr = self._gap_threshold()
-            while True:
-                # A loss or a clock step is a sudden step in the residual that then persists;
-                # bursts do not persist and a wandering rate is not sudden.
-                lo = np.minimum.accumulate(r[::-1])[::-1]  # min residual from i to the end
-                hi = np.maximum.accumulate(r[::-1])[::-1]
-                step = r - np.concatenate(([self._last_r], r[:-1]))
-                late = np.flatnonzero((lo > thr) & (step > 0.5 * thr))
-                early = np.flatnonzero((hi < -thr) & (step < -0.5 * thr))
-                if late.size and (not early.size or late[0] < early[0]):
-                    i = int(late[0])
-                    m = round(float(np.median(r[i:])) / self._T)
-                    if m < 1:
-                        break
-                    k[i:] += m
-                    r[i:] -= m * self._T
-                    self.counters.gaps += 1
-                    self.counters.missing += m
-                    self._skip_m = m  # provisional: refined by the samples that follow
-                    self._post = list(r[i:][: self.gap_confirm])
-                    continue
-                if early.size:
-                    # Stamps moved back and stayed: a clock step, not jitter. New segment.
-                    i = int(early[0])
-                    if i:
-                        self._fit(k[:i], t[:i], r[:i])
-                    self._flush()
-                    self.counters.resets += 1
-                    self.counters.segments += 1
-                    self._new_segment()
-                    self._run(t[i:])
-                    return
-                break
-        self._fit(k, t, r)
+            self._early_r = []
+        else:
+            i_reset = self._index(t, k)
+            if i_reset is not None:
+                # Stamps moved back by more than the gap threshold and stayed: a clock step,
+                # not jitter. New segment from there.
+                if i_reset:
+                    self._fit(k[:i_reset], t[:i_reset])
+                self._flush()
+                self.counters.resets += 1
+                self.counters.segments += 1
+                self._new_segment()
+                self._run(t[i_reset:])
+                return
+        self._fit(k, t)
 
-    def _refine_gap(self, k: np.ndarray, r: np.ndarray) -> None:
-        """Correct the size of the last gap with the next `gap_confirm` samples (in place).
+    def _index(self, t: np.ndarray, k: np.ndarray) -> int | None:
+        """Give each stamp its sample index (in place in `k`, which holds "no loss" indices).
 
-        A gap seen on the last sample of a chunk is sized from that one jittered sample; the
-        median residual of the samples after it says by how many periods that was off. A
-        correction back to zero means the "gap" was one late sample.
+        Residuals u (in periods, against the current line) are lateness: jitter, plus whole
+        periods for samples lost before, plus bursts (samples stamped together, so the first
+        ones of a burst look late). The lower envelope from each sample to the end of the
+        chunk, rounded, is the number of samples lost so far: a burst is never the last word
+        (its last sample is on time), a loss is. Samples early by more than the threshold are
+        left out of the envelope; when they persist they undo the last re-indexing, or, if
+        they are further back than the gap threshold, are a clock step (returns where the new
+        segment starts). Returns None otherwise.
         """
-        if not self._skip_m or len(self._post) >= self.gap_confirm:
+        T = self._T
+        thr = self._loss_threshold() / T  # periods, >= 0.5
+        n = len(t)
+        base = np.zeros(n)
+        carry = self._early_r
+        for _ in range(n + 1):
+            u = (t - self._predict(k + base)) / T
+            ok = u >= -thr
+            lo = np.minimum.accumulate(np.where(ok, u, np.inf)[::-1])[::-1]
+            lo = np.where(np.isfinite(lo), lo, 0.0)
+            m = np.where(lo > thr, np.round(lo), 0.0)  # whole periods late: lost samples
+            m = np.maximum.accumulate(m)
+            r = u - m
+            early = r < -thr
+            if not early.any():
+                break
+            # Length of the early run each sample ends (counting the run the last chunk ended).
+            pos = np.arange(n)
+            last_ok = np.maximum.accumulate(np.where(~early, pos, -1))
+            run = np.where(early, pos - last_ok, 0) + np.where(last_ok < 0, len(carry), 0)
+            run[~early] = 0
+            quick = self._pend_left > 0 and self._pend_m > 0
+            trig = early & ((run >= self.early_confirm) | (quick & (-np.round(r) <= self._pend_m)))
+            if not trig.any():
+                break
+            j = int(np.argmax(trig))
+            s = j - int(run[j]) + 1
+            vals = (carry if s < 0 else []) + r[max(s, 0) : j + 1].tolist()
+            off = round(float(np.median(vals)))
+            s = max(s, 0)
+            carry = []
+            if -off * T > self._gap_threshold():
+                self._early_r = []
+                return s
+            if self._seg_missing < -off:
+                break  # nothing re-indexed to undo: early jitter, left on the grid
+            self._seg_missing += off
+            base[s:] += off
+            c = self.counters
+            c.late += 1
+            if self._pend_m > 0 and -off >= self._pend_m:
+                c.gaps = max(0, c.gaps - 1)
+            c.missing = max(0, c.missing + off)
+            self._pend_m = 0
+            self._pend_left = 0
+        k += base + m
+        dm = np.diff(np.concatenate(([0.0], m)))
+        steps = np.flatnonzero(dm > 0)
+        self.counters.gaps += len(steps)
+        self.counters.missing += int(dm[steps].sum())
+        self._seg_missing += int(dm[steps].sum())
+        self._refine_gap(k, r, int(steps[0]) if steps.size else n)
+        self._pend_left -= n
+        if steps.size:
+            i = int(steps[-1])
+            self._pend_m = int(dm[i])
+            self._pend_left = self.gap_confirm - (n - 1 - i)
+            self._post = r[i:].tolist()
+        # the run of early samples this chunk ends with, for the next chunk
+        nt = self._tail_len(r < -thr)
+        self._early_r = ((carry if nt == n else []) + r[n - nt :].tolist()) if nt else []
+        return None
+
+    def _refine_gap(self, k: np.ndarray, r: np.ndarray, stop: int) -> None:
+        """Resize the last gap with the median residual of the samples after it (in place).
+
+        For a stream too jittery for single losses (gap threshold): a gap found on a chunk's
+        last stamps was sized from one or two jittered samples; the first `gap_confirm`
+        samples after it (up to `stop`, the next gap) say by how many whole periods that was
+        off. Sized back to zero, the "gap" was a late sample.
+        """
+        take = min(stop, self._pend_left)
+        if self._pend_m <= 0 or take <= 0 or self._fine:  # fine: the envelope sized it
             return
-        take = min(len(r), self.gap_confirm - len(self._post))
-        ref = float(np.median(self._post)) if self._post else 0.0
-        off = np.flatnonzero(np.abs(r[:take] - ref) > 0.5 * self._gap_threshold())
-        if off.size:  # a new step (the next gap): refine only with what comes before it
-            take = int(off[0])
-        if take == 0 and not self._post:
+        self._post += r[:take].tolist()
+        if len(self._post) < min(3, self.gap_confirm):
             return
-        j = round(float(np.median(self._post + list(r[:take]))) / self._T)
-        if j:
-            k += j
-            r -= j * self._T
-            self.counters.missing += j
-            self._skip_m += j
-            if self._skip_m <= 0:
-                self.counters.gaps -= 1
-                self.counters.missing -= self._skip_m
-                self.counters.late += 1
-                self._skip_m = 0
-        self._post.extend(r[:take].tolist())
+        j = round(float(np.median(self._post)))
+        if j == 0 or -j > self._pend_m:
+            return
+        k += j
+        r -= j
+        self._post = [v - j for v in self._post]
+        c = self.counters
+        c.missing = max(0, c.missing + j)
+        self._seg_missing += j
+        self._pend_m += j
+        if self._pend_m <= 0:
+            c.gaps = max(0, c.gaps - 1)
+            c.late += 1
+            self._pend_m = self._pend_left = 0
+
+    @staticmethod
+    def _tail_len(flags: np.ndarray) -> int:
+        """Number of trailing True values."""
+        if flags.all():
+            return len(flags)
+        return int(np.argmin(flags[::-1]))
 
     def _young_indices(self, t: np.ndarray) -> np.ndarray:
         """Sample indices for a segment too young to have a fit, from the nominal period.
@@ -367,10 +531,11 @@ class Dejitterer:
         self._hist = (full_t[-w:], full_k[-w:])
         return full_k[nh:]
 
-    def _fit(self, k: np.ndarray, t: np.ndarray, r: np.ndarray) -> None:
+    def _fit(self, k: np.ndarray, t: np.ndarray) -> None:
         n = len(t)
         if n == 0:
             return
+        r = t - self._predict(k)
         # Robust scale of the residuals, smoothed over ~2 s of data.
         s_chunk = 1.4826 * float(np.median(np.abs(r)))
         alpha = 1.0 - 0.5 ** (n * max(self._T, 1e-6) / 2.0)
@@ -384,6 +549,8 @@ class Dejitterer:
         else:
             delta = max(self.min_delta_s, self.huber_k * self._scale)
             w = np.minimum(1.0, delta / np.maximum(np.abs(r), 1e-300))
+            # A sample stamped together with the next one was stamped late: no evidence.
+            w[:-1][np.diff(t) <= self.burst_fraction * self._T] = 0.0
         # Re-centre the sums on the newest sample, then decay and add this chunk.
         dk = float(k[-1]) - self._k_ref
         dt = float(self._predict(np.array([k[-1]]))[0]) - self._t_ref
@@ -405,8 +572,11 @@ class Dejitterer:
         Sv = Sv * decay + (ww * v).sum()
         Suv = Suv * decay + (ww * u * v).sum()
         self._S = np.array([S0, Su, Suu, Sv, Suv])
-        # Weak prior pulling the period towards nominal: defines the fit from one sample.
-        p = 1.0
+        # Prior: the period is nominal within `rate_prior` (relative), weighed against the
+        # residual scale. It defines the fit from one sample and keeps a young line from
+        # tilting through the first lost samples; after a few seconds the data outweigh it.
+        sig = max(self._scale if np.isfinite(self._scale) else 0.0, 0.05 * self.T0)
+        p = (sig / (self.rate_prior * self.T0)) ** 2 if self.T0 > 0 else 1.0
         A = Suu + p
         det = S0 * A - Su * Su
         if det > 0:
@@ -416,5 +586,4 @@ class Dejitterer:
                 self._T = T
         self._seg_n += n
         self._k_next = int(k[-1]) + 1
-        self._last_r = float(r[-1])
         self._batch_k.append(k)
