@@ -42,7 +42,7 @@ __all__ = ["Pipeline", "run_pipeline", "update_placement"]
 
 log = logging.getLogger(__name__)
 
-ACTOR_START_TIMEOUT_S = 60.0
+ACTOR_START_TIMEOUT_S = 180.0  # a neural estimator exports and times its ONNX graph at start
 MAX_RESTARTS = 3  # Ray restarts a crashed actor this often; supervise() resumes its work
 STOP_TIMEOUT_S = 10.0
 #: CPUs asked by an actor pinned to a node: Ray schedules a request for no resources at all on

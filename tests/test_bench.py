@@ -28,6 +28,7 @@ def test_tick_gaps_count_missing_and_duplicates() -> None:
 def test_arrival_gap() -> None:
     assert _arrival_gap_ms(np.array([1.0, 1.01, 1.01, 1.05])) == pytest.approx(40.0)
     assert np.isnan(_arrival_gap_ms(np.array([1.0])))
+    assert np.isnan(_arrival_gap_ms(np.array([2.0, 2.0, 2.0])))  # one pull only
 
 
 def test_hold_report_judges_each_minute() -> None:

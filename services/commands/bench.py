@@ -248,9 +248,10 @@ def _tick_gaps(t: np.ndarray, rate: float) -> tuple[int, int, float]:
 
 def _arrival_gap_ms(arrival: np.ndarray) -> float:
     """Largest time between two consecutive outputs reaching the observer."""
-    if len(arrival) < 2:
+    pulls = np.unique(arrival)  # samples of one pull share their arrival time
+    if len(pulls) < 2:
         return float("nan")
-    return round(float(np.max(np.diff(np.unique(arrival)))) * 1e3, 2)
+    return round(float(np.max(np.diff(pulls))) * 1e3, 2)
 
 
 def _hold_report(

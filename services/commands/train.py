@@ -1,0 +1,87 @@
+"""`gait-stream train`: train VideoNet, IMUNet or FusionNet on synthetic data (fusion.nn.train).
+
+    gait-stream train --model videonet --preset ship --out runs/videonet --minutes 35
+    gait-stream train --model fusionnet --init-video runs/videonet/videonet.pt
+    gait-stream train --model imunet --resume runs/imunet/last.pt
+
+Training seeds are 0..N-1 (N from the preset's data hours); evaluation's held-out seeds
+(>= 1_000_000) are never used. Uses CUDA when torch sees a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a neural estimator (videonet, imunet, fusionnet) on synthetic data",
+        description="Train a neural estimator on synthetic data generated up front (cached).",
+    )
+    p.add_argument("--model", required=True, choices=("videonet", "imunet", "fusionnet"))
+    p.add_argument("--preset", default="ship", help="training preset: tiny, ship (default ship)")
+    p.add_argument("--out", default=None, help="output directory (default runs/train_MODEL)")
+    p.add_argument("--minutes", type=float, default=None, help="time budget (default: preset)")
+    p.add_argument("--resume", default=None, help="resume from a last.pt checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="model/batch seed (default 0)")
+    p.add_argument(
+        "--init-video", default=None, help="fusionnet: warm-start its video branch from a VideoNet"
+    )
+    p.add_argument(
+        "--pool-cache",
+        default=None,
+        help="where the generated training pool is cached (default runs/nn_pool/PRESET.npz)",
+    )
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusion.nn.train import PRESETS, train
+
+    if args.preset not in PRESETS:
+        print(
+            f"gait-stream train: unknown --preset {args.preset!r}, expected one of "
+            f"{sorted(PRESETS)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.minutes is not None and args.minutes <= 0:
+        print(f"gait-stream train: --minutes={args.minutes}: must be > 0", file=sys.stderr)
+        return 2
+    if args.workers < 1 or args.threads < 1:
+        print("gait-stream train: --workers and --threads must be >= 1", file=sys.stderr)
+        return 2
+    preset = PRESETS[args.preset]
+    out = args.out or f"runs/train_{args.model}"
+    cache = args.pool_cache or f"runs/nn_pool/{preset.name}.npz"
+    try:
+        summary = train(
+            args.model,
+            preset,
+            out,
+            seed=args.seed,
+            minutes=args.minutes,
+            resume=args.resume,
+            init_video=args.init_video,
+            pool_cache=cache,
+            workers=args.workers,
+            threads=args.threads,
+            progress_bar=not args.no_progress,
+            log=lambda m: print(m, file=sys.stderr if args.json else sys.stdout, flush=True),
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"gait-stream train: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,122 @@
+"""fusion.nn.train: a tiny real training run learns, resumes, and keeps off held-out seeds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from fusion.nn.checkpoint import load_model
+from fusion.nn.models import ModelConfig, build_model
+from fusion.nn.train import (
+    PRESETS,
+    Batcher,
+    build_pool,
+    geodesic,
+    losses,
+    sequence_params_for,
+    train,
+    train_seeds,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one thread is faster, and immune to a busy machine's oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# 4 sequences of 4 s, one 10 s validation clip, 30 steps of a small model
+FAST = replace(PRESETS["tiny"], pool_hours=16 / 3600, sequence_seconds=4.0, max_steps=30)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("train")
+    cache = out / "pool.npz"
+    summary = train("imunet", FAST, out, seed=3, pool_cache=cache, workers=1, progress_bar=False)
+    return {"out": out, "cache": cache, "summary": summary}
+
+
+def _mean_loss(model: torch.nn.Module, pool, cfg: ModelConfig) -> float:
+    b = Batcher(pool, replace(FAST, batch=16), cfg, seed=123)
+    model.eval()
+    with torch.no_grad():
+        vals = []
+        for _ in range(3):
+            x = b(torch.device("cpu"))
+            out = model(x["imu"], x["imu_mask"], x["joints"], x["joints_mask"])
+            vals.append(float(losses(out, x, cfg, FAST.loss_skip)["total"]))
+    return float(np.mean(vals))
+
+
+def test_tiny_training_reduces_the_loss(trained: dict) -> None:
+    s = trained["summary"]
+    assert s["steps"] == FAST.max_steps
+    model, cfg, meta = load_model(s["path"])
+    assert cfg.kind == "imunet" and meta["preset"] == "tiny" and meta["steps"] >= 1
+    assert meta["train_seeds"][1] < 1_000_000 and meta["val_seeds"][0] >= 500_000
+    pool = build_pool(
+        train_seeds(FAST),
+        lambda s: sequence_params_for(s, 0, FAST.sequence_seconds),
+        workers=1,
+        cache=trained["cache"],
+    )
+    torch.manual_seed(3)
+    fresh = build_model(cfg)
+    assert _mean_loss(model, pool, cfg) < 0.9 * _mean_loss(fresh, pool, cfg)
+
+
+def test_resume_continues_the_step_count(trained: dict) -> None:
+    out = trained["out"]
+    more = replace(FAST, max_steps=FAST.max_steps + 5)
+    s = train(
+        "imunet",
+        more,
+        out,
+        seed=3,
+        resume=out / "last.pt",
+        pool_cache=trained["cache"],
+        workers=1,
+        progress_bar=False,
+    )
+    assert s["steps"] == FAST.max_steps + 5
+    with pytest.raises(ValueError, match="config"):
+        train(
+            "videonet",
+            more,
+            out,
+            resume=out / "last.pt",
+            pool_cache=trained["cache"],
+            workers=1,
+            progress_bar=False,
+        )
+
+
+def test_pool_cache_is_reused_and_checked(trained: dict, tmp_path) -> None:
+    seeds = train_seeds(FAST)
+    pool = build_pool(seeds, lambda s: sequence_params_for(s, 0, 4.0), 1, trained["cache"])
+    assert len(pool) == len(seeds) and pool.n_frames == len(seeds) * 240
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"bad\.npz"):
+        build_pool(seeds, lambda s: sequence_params_for(s, 0, 4.0), 1, bad)
+
+
+def test_held_out_seeds_are_refused() -> None:
+    with pytest.raises(ValueError, match="1_000_000"):
+        build_pool([0, 1_000_001], lambda s: sequence_params_for(s, 0, 4.0), 1)
+
+
+def test_geodesic_is_the_rotation_angle() -> None:
+    a = torch.tensor([0.0, 0.3, 1.0, 3.0])
+    c, s = torch.cos(a), torch.sin(a)
+    R = torch.zeros(4, 3, 3)
+    R[:, 0, 0], R[:, 0, 1], R[:, 1, 0], R[:, 1, 1], R[:, 2, 2] = c, -s, s, c, 1.0
+    I3 = torch.eye(3).expand(4, 3, 3)
+    torch.testing.assert_close(geodesic(R, I3), a, atol=1e-3, rtol=0)
