@@ -35,7 +35,6 @@ squared errors, so the parent only adds them up.
 
 from __future__ import annotations
 
-import importlib
 import multiprocessing as mp
 import os
 import time
@@ -220,13 +219,6 @@ def create_estimator(name: str, cameras: Sequence[Any] | None, **options: Any) -
     from fusion.estimators import registry
 
     base, opts = _ALIASES.get(name, (name, {}))
-    if base not in registry.names():
-        module = f"fusion.estimators.{base}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
     return registry.create(base, cameras, **{**opts, **options})
 
 

@@ -38,3 +38,14 @@ def ray_session() -> Iterator[None]:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def torch_one_thread() -> Iterator[None]:
+    """Small tensors: one thread is faster, and immune to a busy machine's oversubscription."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

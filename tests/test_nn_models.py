@@ -18,14 +18,7 @@ from fusion.nn.features import (
 from fusion.nn.models import KINDS, ModelConfig, build_model
 from fusion.synth import BODY_FIELDS, SequenceParams, generate_sequence
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 SMALL = {"width": 16, "layers": 2, "heads": 4, "window": 8, "time_width": 32, "dropout": 0.0}

@@ -21,14 +21,7 @@ from fusion.nn.train import (
     train_seeds,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to a busy machine's oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # 4 sequences of 4 s, one 10 s validation clip, 30 steps of a small model

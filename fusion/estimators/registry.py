@@ -1,12 +1,14 @@
 """Estimators by name: what a config's `estimator:` field picks.
 
 `create(name, cameras=None, **options)` builds one. The classical ones are registered here;
-the neural ones register themselves (`register("imunet", factory)`) when their module is
-imported, so this module never imports torch.
+the neural ones register themselves (`register("imunet", factory)`) when their module
+`fusion.estimators.<name>` is imported, which `create` does on first use: importing this module
+never imports torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +35,13 @@ def names() -> tuple[str, ...]:
 def create(name: str, cameras: Sequence[Any] | None = None, **options: Any) -> Estimator:
     """The estimator `name`, built with `cameras` (calibrated PinholeCameras, for the video
     estimators) and its own options; a clear error for unknown names or missing cameras."""
+    if name not in _FACTORIES and isinstance(name, str) and name.isidentifier():
+        module = f"fusion.estimators.{name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise  # the module exists but a dependency of it is missing: say so
     if name not in _FACTORIES:
         raise ValueError(f"unknown estimator {name!r}; registered: {', '.join(names())}")
     return _FACTORIES[name](cameras=cameras, **options)

@@ -11,7 +11,6 @@ the Ray cluster has one, and the estimator is told `device="cuda"` if it takes a
 
 from __future__ import annotations
 
-import importlib
 import logging
 import socket
 import sys
@@ -38,22 +37,9 @@ def concat_batches(batches: list[SyncedBatch]) -> SyncedBatch:
 
 
 def create_estimator(name: str, cameras: list[Any], options: dict[str, Any]) -> Estimator:
-    """fusion.estimators.registry.create(name, cameras, **options).
-
-    Neural estimators register themselves when their module is imported (the registry never
-    imports torch), so a name the registry does not know yet is looked for as a module
-    `fusion.estimators.<name>` first.
-    """
+    """fusion.estimators.registry.create(name, cameras, **options)."""
     from fusion.estimators import registry
 
-    if name not in registry.names():
-        module = f"fusion.estimators.{name}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise  # the module exists but a dependency of it is missing: say so
-            # no such module: registry.create's error lists the registered names
     return registry.create(name, cameras, **options)
 
 
