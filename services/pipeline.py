@@ -309,7 +309,11 @@ def start_pipeline(
             tick_rate=cfg.model.rate_hz,
             flush_s=flush_s,
         )
-        apart = tuple(pipe.inference_roles) if plan["multi_node"] else ()
+        # a neural model's step (5-10 ms a tick) would share the chain's GIL with ingest and
+        # sync: it gets a process of its own (FusionNet, 1 subject: 23 Hz in the chain, 60 Hz
+        # apart, `gait-stream bench --estimator fusionnet`)
+        heavy = cfg.model.estimator not in LIGHT_ESTIMATORS
+        apart = tuple(pipe.inference_roles) if plan["multi_node"] or heavy else ()
         for group in stage_groups(list(specs), apart):
             # a group with any edge stage stays at the edge; an inference actor alone goes
             # to its node
@@ -449,6 +453,10 @@ LOCAL_GROUPS: tuple[tuple[str, ...], ...] = (
     ("ingest_imu", "ingest_keypoints", "sync", "inference", "publish"),
     ("gait",),
 )
+
+
+#: estimators cheap enough (a few ms a tick, mostly numpy) to share the hot chain's process
+LIGHT_ESTIMATORS: tuple[str, ...] = ("classical", "classical_video")
 
 
 def stage_groups(roles: list[str], apart: tuple[str, ...] = ()) -> list[list[str]]:
