@@ -48,7 +48,6 @@ from collections import deque
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
-from scipy.signal import lfilter
 
 from fusion.angles import JOINTS, angles_from_rotations
 from fusion.calibration import (
@@ -59,6 +58,7 @@ from fusion.calibration import (
     standing_estimates,
 )
 from fusion.estimators.base import AnglesResult, Estimator, SyncedBatch
+from fusion.estimators.heading import HeadingLowpass
 from fusion.orientation import FilterConfig, OrientationFilter, quat_to_matrix
 from fusion.skeleton import ANGLES, GRAVITY, SEGMENT_INDEX, SEGMENTS
 
@@ -193,10 +193,7 @@ class _SubjectState:
         self.stand: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.walk: list[tuple[float, np.ndarray, np.ndarray]] = []
         self.walk_start = np.nan
-        # heading low-pass: unwrapped pelvis yaw through two poles
-        self.yaw_prev = np.nan
-        self.yaw_unwrapped = np.nan
-        self.heading_zi: np.ndarray | None = None
+        self.heading = HeadingLowpass(cfg.heading_tau_s, cfg.rate)
         # lost sensors and re-acquisition
         self.lost = np.zeros(n, bool)
         self.restart_t = np.full(n, np.nan)
@@ -578,7 +575,7 @@ class ClassicalImuEstimator(Estimator):
             u = use[i]
             st.rel_mean[u] += alpha * (rel[i, u] - st.rel_mean[u])
         p = SEGMENT_INDEX["pelvis"]
-        heading[idx] = self._heading(st, yaw[:, p], hh[:, p])
+        heading[idx] = st.heading(yaw[:, p], hh[:, p])
         return R, healthy, heading
 
     def _reference_yaw(self, yaw: np.ndarray, healthy: np.ndarray) -> np.ndarray:
@@ -616,32 +613,6 @@ class ClassicalImuEstimator(Estimator):
         st.lost[done] = False
         st.restart_t[done] = np.nan
         return True
-
-    def _heading(self, st: _SubjectState, pelvis_yaw: np.ndarray, ok: np.ndarray) -> np.ndarray:
-        """Causal two-pole low-pass of the unwrapped pelvis yaw (held where it is missing)."""
-        cfg = self.config
-        m = len(pelvis_yaw)
-        x = np.empty(m)
-        for i in range(m):
-            if ok[i] and np.isfinite(pelvis_yaw[i]):
-                if np.isfinite(st.yaw_prev):
-                    st.yaw_unwrapped += _wrap(pelvis_yaw[i] - st.yaw_prev)
-                else:
-                    st.yaw_unwrapped = pelvis_yaw[i]
-                st.yaw_prev = pelvis_yaw[i]
-            x[i] = st.yaw_unwrapped
-        if not np.isfinite(x).any():
-            return np.zeros(m)
-        first = x[np.isfinite(x)][0]
-        x = np.where(np.isfinite(x), x, first)
-        alpha = 1.0 - np.exp(-1.0 / (cfg.heading_tau_s * cfg.rate))
-        b, a = [alpha], [1.0, alpha - 1.0]
-        if st.heading_zi is None:
-            st.heading_zi = np.array([(1.0 - alpha) * first, (1.0 - alpha) * first])
-        y1, z1 = lfilter(b, a, x, zi=st.heading_zi[:1])
-        y2, z2 = lfilter(b, a, y1, zi=st.heading_zi[1:])
-        st.heading_zi = np.concatenate([z1, z2])
-        return y2
 
 
 def _nominal_calibration(

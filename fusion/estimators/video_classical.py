@@ -38,10 +38,10 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
-from scipy.signal import lfilter
 
 from fusion.estimators.base import AnglesResult, Estimator, SyncedBatch
 from fusion.estimators.classical import angles_from_segments
+from fusion.estimators.heading import HeadingLowpass
 from fusion.skeleton import ANGLE_INDEX, KEYPOINT_INDEX, KEYPOINTS, SEGMENT_INDEX, SIDES
 from fusion.triangulation import Triangulation, projection_matrices, triangulate_keypoints
 
@@ -171,13 +171,6 @@ def segment_rotations_from_keypoints(
     return R
 
 
-class _VideoState:
-    def __init__(self) -> None:
-        self.yaw_prev = np.nan
-        self.yaw_unwrapped = np.nan
-        self.heading_zi: np.ndarray | None = None
-
-
 class ClassicalVideoEstimator(Estimator):
     """Triangulation + geometric segment frames; stateless but for the heading filter."""
 
@@ -213,7 +206,7 @@ class ClassicalVideoEstimator(Estimator):
             self.pelvis_tilt_deg = float(cfg.pelvis_tilt_deg)
         nan = list(UNOBSERVABLE) + (list(LONG_AXIS) if cfg.long_axis == "nan" else [])
         self._nan_cols = np.array([ANGLE_INDEX[a] for a in nan], int)
-        self._states: dict[str, _VideoState] = {}
+        self._states: dict[str, HeadingLowpass] = {}  # per subject: its heading filter
         #: the last triangulation per subject (for inspection and tests)
         self.last_triangulation: dict[str, Triangulation] = {}
 
@@ -235,14 +228,17 @@ class ClassicalVideoEstimator(Estimator):
                 f"subject {subject}: {batch.keypoints.shape[1]} camera views in the batch, "
                 f"the estimator was built with {len(self.cameras)} cameras"
             )
-        st = self._states.setdefault(subject, _VideoState())
+        heading_of = self._states.get(subject)
+        if heading_of is None:
+            heading_of = self._states[subject] = HeadingLowpass(cfg.heading_tau_s, cfg.rate)
         points = self._points(subject, batch)
         R = segment_rotations_from_keypoints(
             points, self.pelvis_tilt_deg, (cfg.plane_min_deg, cfg.plane_full_deg)
         )
         available = np.isfinite(R).all(axis=(-1, -2))
         pelvis = SEGMENT_INDEX["pelvis"]
-        heading = self._heading(st, R[:, pelvis], available[:, pelvis])
+        R_p = R[:, pelvis]
+        heading = heading_of(np.arctan2(R_p[:, 1, 0], R_p[:, 0, 0]), available[:, pelvis])
         angles = angles_from_segments(R, heading, available)
         angles[:, self._nan_cols] = np.nan
         return AnglesResult(t=np.asarray(batch.t, float).copy(), angles=angles)
@@ -262,33 +258,6 @@ class ClassicalVideoEstimator(Estimator):
         )
         self.last_triangulation[subject] = tri
         return tri.points
-
-    def _heading(self, st: _VideoState, R_pelvis: np.ndarray, ok: np.ndarray) -> np.ndarray:
-        """Causal two-pole low-pass of the unwrapped pelvis yaw, held where it is missing."""
-        cfg = self.config
-        yaw = np.arctan2(R_pelvis[:, 1, 0], R_pelvis[:, 0, 0])
-        x = np.empty(len(yaw))
-        for i in range(len(yaw)):
-            if ok[i] and np.isfinite(yaw[i]):
-                if np.isfinite(st.yaw_prev):
-                    d = (yaw[i] - st.yaw_prev + np.pi) % (2 * np.pi) - np.pi
-                    st.yaw_unwrapped += d
-                else:
-                    st.yaw_unwrapped = yaw[i]
-                st.yaw_prev = yaw[i]
-            x[i] = st.yaw_unwrapped
-        if not np.isfinite(x).any():
-            return np.zeros(len(x))
-        first = x[np.isfinite(x)][0]
-        x = np.where(np.isfinite(x), x, first)
-        alpha = 1.0 - np.exp(-1.0 / (cfg.heading_tau_s * cfg.rate))
-        b, a = [alpha], [1.0, alpha - 1.0]
-        if st.heading_zi is None:
-            st.heading_zi = np.array([(1.0 - alpha) * first, (1.0 - alpha) * first])
-        y1, z1 = lfilter(b, a, x, zi=st.heading_zi[:1])
-        y2, z2 = lfilter(b, a, y1, zi=st.heading_zi[1:])
-        st.heading_zi = np.concatenate([z1, z2])
-        return y2
 
 
 __all__ = [

@@ -199,12 +199,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _replay(args: argparse.Namespace) -> int:
+def _open_replayer(args: argparse.Namespace) -> XdfReplayer:
+    """The file's selected streams, ready to publish (its load warnings printed)."""
     rec = load_xdf(args.file, args.select or None, dejitter_timestamps=not args.no_dejitter)
     for w in rec.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    bar = None
-    rep = XdfReplayer(
+    return XdfReplayer(
         rec,
         speed=args.speed,
         loop=args.loop,
@@ -212,6 +212,11 @@ def _replay(args: argparse.Namespace) -> int:
         source_id_suffix=args.source_id_suffix,
         skip_empty=args.skip_empty,
     )
+
+
+def _replay(args: argparse.Namespace) -> int:
+    bar = None
+    rep = _open_replayer(args)
     for s in rep.streams:
         print(
             f"  {s.key}: {s.channel_count} ch {s.channel_format} @ {s.nominal_srate:g} Hz, "
@@ -246,17 +251,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _replay_into_pipeline(args: argparse.Namespace) -> int:
-    rec = load_xdf(args.file, args.select or None, dejitter_timestamps=not args.no_dejitter)
-    for w in rec.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    rep = XdfReplayer(
-        rec,
-        speed=args.speed,
-        loop=args.loop,
-        max_seconds=args.max_seconds,
-        source_id_suffix=args.source_id_suffix,
-        skip_empty=args.skip_empty,
-    )
+    rep = _open_replayer(args)
     print(
         f"replaying {args.file} ({len(rep.streams)} streams, {rep.duration:.1f} s at speed "
         f"{args.speed:g}{', loop' if args.loop else ''}) into the pipeline of {args.config}",
