@@ -4,11 +4,20 @@ Each selected stream gets an outlet whose StreamInfo carries the original name, 
 count, nominal rate, format, source id (optionally suffixed, so several replays can coexist)
 and the whole `<desc>` tree of the recorded header. Samples are pushed when their time comes,
 each with an explicit timestamp: `t_start + (t − t0) / speed` (+ one recording length per
-loop), where `t` is pyxdf's synchronised timestamp (clock offsets applied, dejittered unless
-`dejitter=False`) and `t0` the earliest sample of the selection — so relative timing between
-streams is the recording's, rebased to now on `pylsl.local_clock()`. At `speed` ≠ 1 the stamps
-are compressed but headers keep the recorded nominal rate (the metadata is the recording's).
-Empty streams get an outlet too (a consumer sees that the stream exists) unless `skip_empty`.
+loop), where `t` is pyxdf's synchronised timestamp and `t0` the earliest sample of the
+selection — so relative timing between streams is the recording's, rebased to now on
+`pylsl.local_clock()`. At `speed` ≠ 1 the stamps are compressed but headers keep the recorded
+nominal rate (the metadata is the recording's). Empty streams get an outlet too (a consumer
+sees that the stream exists) unless `skip_empty`. Each stream's samples go out in recorded
+order (a stamp that steps backwards is sent after its predecessor, as it was received).
+
+Stamps: clock offsets applied, *not* dejittered by default (`dejitter=False`), i.e. what a
+live inlet received: a consumer that dejitters (the pipeline's sync stage does) sees the same
+input it saw live. pyxdf's dejitter (`dejitter=True`) fits one straight line of stamp on sample
+index per segment, which is wrong for a stream that lost samples: every loss shifts the later
+samples' indices, and the fit moved the simulated lab's lossy streams (0.5 % of samples lost
+in bursts) by up to 90 ms: the right leg came back ~10° off
+(tests/test_record_replay_roundtrip.py, issue #5).
 
 `verify_replay` is the timing measurement: replay over real LSL, receive on real inlets, and
 compare what arrives with pyxdf's synchronised timestamps (the ≤ 1 ms target).
@@ -79,6 +88,8 @@ class XdfReplayer(BackgroundWorker):
 
     Outlets exist from construction (so inlets can connect before the first sample); `close()`
     removes them. `t_start` is the local time that corresponds to the recording's first sample.
+    `dejitter` applies when `recording` is a path (see the module docstring for why it is off
+    by default); an `XdfRecording` is replayed with the stamps it was loaded with.
     """
 
     def __init__(
@@ -88,7 +99,7 @@ class XdfReplayer(BackgroundWorker):
         *,
         speed: float = 1.0,
         loop: bool = False,
-        dejitter: bool = True,
+        dejitter: bool = False,
         max_seconds: float | None = None,
         progress: ProgressFn | None = None,
         source_id_suffix: str = "",
@@ -127,15 +138,19 @@ class XdfReplayer(BackgroundWorker):
         self.t0 = float(min(firsts)) if firsts else 0.0
         end = float(max(lasts)) - self.t0 if lasts else 0.0
         self.duration = min(end, max_seconds) if max_seconds is not None else end
-        # Merged schedule over all streams: relative time, output index, sample index.
-        rel, which, idx = [], [], []
+        # Merged schedule over all streams: when a sample is due (relative time; a stamp that
+        # steps back is due with its predecessor, so a stream keeps its recorded order), its
+        # own relative stamp, output index, sample index.
+        due, rel, which, idx = [], [], [], []
         for k, o in enumerate(self._outs):
             r = np.asarray(o.stream.time_stamps, dtype=float) - self.t0
             keep = np.flatnonzero(r <= self.duration + 1e-12)
             rel.append(r[keep])
+            due.append(np.maximum.accumulate(r[keep]) if len(keep) else r[keep])
             which.append(np.full(len(keep), k))
             idx.append(keep)
-        order = np.argsort(np.concatenate(rel), kind="stable")
+        order = np.argsort(np.concatenate(due), kind="stable")
+        self._due = np.concatenate(due)[order]
         self._rel = np.concatenate(rel)[order]
         self._which = np.concatenate(which)[order]
         self._idx = np.concatenate(idx)[order]
@@ -200,7 +215,7 @@ class XdfReplayer(BackgroundWorker):
             while i < n and not self._stop.is_set():
                 now = pylsl.local_clock()
                 due = (now - base) * self.speed
-                j = int(np.searchsorted(self._rel, due, side="right"))
+                j = int(np.searchsorted(self._due, due, side="right"))
                 if j > i:
                     self._push(i, j, base)
                     i = j
@@ -208,7 +223,7 @@ class XdfReplayer(BackgroundWorker):
                     last_report = now
                     self.progress(min(max(due, 0.0), self.duration), self.duration, pass_index)
                 if i < n:
-                    wait = (self._rel[i] / self.speed + base) - pylsl.local_clock()
+                    wait = (self._due[i] / self.speed + base) - pylsl.local_clock()
                     if wait > 0:
                         self._stop.wait(min(wait, 0.05))
             self.passes = pass_index + 1
@@ -276,14 +291,16 @@ def verify_replay(
     max_seconds: float | None = None,
     progress: ProgressFn | None = None,
     connect_timeout: float = 5.0,
+    dejitter: bool = False,
 ) -> list[ReplayCheckRow]:
-    """Replay `path` over LSL, receive it on inlets, compare with pyxdf's synchronised stamps.
+    """Replay `path` over LSL, receive it on inlets, compare with pyxdf's synchronised stamps
+    (dejittered too with `dejitter`, as the replayer's option).
 
     Error: received stamp (+ the inlet's time correction), mapped back to recording time,
     minus pyxdf's `load_xdf(...)` time stamp of the same sample. Lag: local receive time minus
     the sample's stamp (how late the replay delivers). Both in ms.
     """
-    rec = load_xdf(path, select)
+    rec = load_xdf(path, select, dejitter_timestamps=dejitter)
     suffix = f"#verify-{uuid.uuid4().hex[:8]}-{{stream_id}}"
     rep = XdfReplayer(
         rec, speed=speed, max_seconds=max_seconds, progress=progress, source_id_suffix=suffix

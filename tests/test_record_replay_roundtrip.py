@@ -9,17 +9,26 @@ the two runs) into a fresh pipeline with the same config. The replayed angles, m
 recording time (t − replay.t_start + replay.t0), are compared with the live angles interpolated
 there (model ticks are on the absolute 1/60 s grid, so the two runs' ticks differ in phase).
 
-Tolerance: per lower-limb angle, over the ticks where both runs state it (≥ MIN_COMMON_S),
-the median |replay − live| ≤ MEDIAN_TOL_DEG (HEADING_TOL_DEG for hip rotation and foot
-progression) and its 90th percentile ≤ P90_TOL_DEG, absolute (no offset taken out). Why not ~0: the replay's ticks fall at another phase of the 100 Hz
-samples (the model ticks are on the absolute 1/60 s grid), so every tick interpolates
-slightly different IMU values, the calibration captures differ by that, and the lab's
-sensor noise is the same but resampled. Offline, the same 60 Hz stream cut differently
-gives identical angles (tests/test_classical_estimator.py); shifting the tick phase by a
-fraction of a sample moves the lower-limb angles by well under a degree. A timestamp shift
-of a stride fraction, a channel mix-up, lost samples or a calibration that differs (it did:
-knee_flexion_l 22° and hip_rotation_l 11° apart before the estimator decided everything per
-tick) fail it.
+Tolerance: per lower-limb angle, over the ticks where both runs state it (≥ MIN_COMMON_S), the
+median |replay − live| ≤ MEDIAN_TOL_DEG (HEADING_TOL_DEG for hip rotation and foot progression)
+and its 90th percentile ≤ P90_TOL_DEG, absolute (no offset taken out). Why not ~0: the replay's
+ticks fall at another phase of the 100 Hz samples (the model ticks are on the absolute 1/60 s
+grid), so every tick interpolates slightly different IMU values, the calibration captures
+differ by that, and the lab's sensor noise is the same but resampled. Offline, the same 60 Hz
+stream cut differently gives identical angles (tests/test_classical_estimator.py); shifting the
+tick phase by a fraction of a sample moves the lower-limb angles by well under a degree. A
+timestamp shift of a stride fraction, a channel mix-up, lost samples or a calibration that
+differs (it did: knee_flexion_l 22° and hip_rotation_l 11° apart before the estimator decided
+everything per tick) fail it. So did the replayer sending pyxdf's dejittered stamps (issue #5):
+its line fit of stamp on sample index ignores lost samples, and the lab's lossiest streams
+(shank_r, foot_r: ~1 % lost in bursts) came back up to 70-90 ms off, the right leg ~10° off; it
+now sends the recorded stamps and the pipeline dejitters them as it did live.
+
+Load: the runs compare what the pipeline computed from the same samples, not how fast. The
+sync stage waits for every stream (MAX_WAIT_MS) instead of masking a tick whose data is late
+on a busy machine, so what each tick holds depends on the data alone; samples dropped for lack
+of time (ingest backlog, sync behind, a full queue: a stall of 0.5 s or more) would make the
+comparison meaningless, so such a run is done again (MAX_ATTEMPTS), and it says so.
 """
 
 from __future__ import annotations
@@ -28,8 +37,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pylsl
@@ -54,6 +64,14 @@ HEADING_ANGLES = {a for a in LOWER_LIMB_ANGLES if a.startswith(("hip_rotation", 
 HEADING_TOL_DEG = 3.5
 P90_TOL_DEG = 4.5
 MIN_COMMON_S = 6.0  # both runs must state the lower-limb angles together this long
+#: a tick waits this long for late data before it goes out masked (default 40 ms): a busy
+#: machine delays samples, and a tick masked in one run only would differ for that reason
+MAX_WAIT_MS = 1000.0
+STALE_AFTER_MS = 2000.0  # a stream counts as live (holds the ticks) this long after its data
+#: gait_stream_dropped_total reasons that mean "no time" (a stall), not a defect
+BUSY_REASONS = ("|queue_full", "|behind", "|backlog")
+MAX_ATTEMPTS = 3  # runs that dropped data for lack of time are done again, this many at most
+R = TypeVar("R", bound=tuple)
 
 
 def free_port() -> int:
@@ -77,7 +95,11 @@ def make_config(tag: str, imu_source_ids: dict[str, str], out_id: str) -> Config
             ],
             "calibration": None,
             "model": {"rate_hz": 60.0, "estimator": "classical", "lookahead": 0, "device": "cpu"},
-            "sync": {"wait_for": ["imu"]},
+            "sync": {
+                "wait_for": ["imu"],
+                "max_wait_ms": MAX_WAIT_MS,
+                "stale_after_ms": STALE_AFTER_MS,
+            },
             "metrics": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
             "outputs": {
                 "lsl": True,
@@ -118,6 +140,26 @@ class AnglesReader:
         return np.asarray(self.t), np.asarray(self.x, dtype=float).reshape(-1, len(ANGLES))
 
 
+def busy_drops(summary: dict[str, Any]) -> dict[str, float]:
+    """The run's gait_stream_dropped_total counts that mean it ran out of time."""
+    dropped = summary.get("metrics", {}).get("totals", {}).get("dropped", {})
+    return {k: v for k, v in dropped.items() if v and k.endswith(BUSY_REASONS)}
+
+
+def until_not_busy(name: str, run: Callable[[int], R]) -> R:
+    """`run(attempt)` again while it dropped data for lack of time (at most MAX_ATTEMPTS)."""
+    for attempt in range(MAX_ATTEMPTS):
+        result = run(attempt)
+        busy = busy_drops(result[-1])  # type: ignore[index]
+        if not busy:
+            return result
+        print(f"{name} run {attempt + 1}: dropped {busy} for lack of time; again")
+    raise AssertionError(
+        f"{name} run dropped data for lack of time {MAX_ATTEMPTS} times (last: {busy}): the "
+        "machine is too busy for a like-for-like comparison; not a round-trip defect"
+    )
+
+
 def live_run(tmp_path: Path, tag: str) -> tuple[Path, np.ndarray, np.ndarray, dict[str, Any]]:
     lab = SimulatedLab(LabSpec(n_cameras=0, activity="start_stop", seed=3), f"rt{tag}", run_tag=tag)
     ids = lab.imu_source_ids(0)
@@ -146,12 +188,14 @@ def live_run(tmp_path: Path, tag: str) -> tuple[Path, np.ndarray, np.ndarray, di
     return path, t, x, summary
 
 
-def replay_run(path: Path, tag: str) -> tuple[XdfReplayer, np.ndarray, np.ndarray]:
-    suffix = "-replay"
+def replay_run(
+    path: Path, tag: str, attempt: int = 0
+) -> tuple[XdfReplayer, np.ndarray, np.ndarray, dict[str, Any]]:
+    suffix = f"-replay{attempt}"  # an attempt's streams never mix with an earlier one's
     rep = XdfReplayer(path, source_id_suffix=suffix)
     ids = {s.name.rsplit("-", 1)[1]: s.source_id + suffix for s in rep.streams}
     assert sorted(ids) == sorted(SEGMENTS), [s.name for s in rep.streams]
-    out_id = f"gs-{tag}-replay"
+    out_id = f"gs-{tag}-replay{attempt}"
     reader: list[AnglesReader] = []
     stop = threading.Event()
 
@@ -161,33 +205,44 @@ def replay_run(path: Path, tag: str) -> tuple[XdfReplayer, np.ndarray, np.ndarra
 
         def until_done() -> None:
             rep.join()
-            time.sleep(1.5)  # the last ticks
+            time.sleep(MAX_WAIT_MS / 1e3 + 0.5)  # the last ticks
             stop.set()
 
         threading.Thread(target=until_done, daemon=True).start()
 
     try:
-        run_pipeline(
+        summary = run_pipeline(
             make_config(tag, ids, out_id), rep.duration + 15.0, on_ready=on_ready, stop=stop
         )
     finally:
         rep.close()
     assert rep.error is None, rep.error
     t, x = reader[0].result()
-    return rep, t, x
+    return rep, t, x, summary
 
 
-@pytest.mark.known_issue(
-    reason="the right leg differs between live and replay (measured twice: knee_flexion_r "
-    "+9.6, ankle_dorsiflexion_r +9.8, foot_progression_r -11.6 deg median; every other "
-    "lower-limb angle within tolerance); the estimator itself is reproducible offline"
-)
+@pytest.mark.timeout(900)  # ~100 s; a run that dropped data for lack of time is run again
 def test_replayed_recording_reproduces_live_angles(tmp_path: Path, ray_session: None) -> None:
     tag = uuid.uuid4().hex[:8]
-    path, t_live, x_live, _summary = live_run(tmp_path, tag)
+
+    def live(attempt: int) -> tuple[Path, np.ndarray, np.ndarray, dict[str, Any]]:
+        (tmp_path / str(attempt)).mkdir()
+        return live_run(tmp_path / str(attempt), f"{tag}{attempt}")
+
+    path, t_live, x_live, live_summary = until_not_busy("live", live)
     assert len(t_live) > 0.8 * 60 * LIVE_S, f"live: only {len(t_live)} angle samples"
 
-    rep, t_rep, x_rep = replay_run(path, tag)
+    rep, t_rep, x_rep, rep_summary = until_not_busy(
+        "replay", lambda attempt: replay_run(path, tag, attempt)
+    )
+    for name, summary in (("live", live_summary), ("replay", rep_summary)):
+        totals = summary.get("metrics", {}).get("totals", {})
+        dropped = {k: v for k, v in totals.get("dropped", {}).items() if v}
+        assert not dropped, f"{name} run dropped data: {dropped}"
+        masked, late = totals.get("masked", {}), totals.get("late", {})
+        print(f"{name}: masked ticks {masked}, late samples {int(sum(late.values()))}")
+        given_up = [k for k, v in totals.get("bad_input", {}).items() if "dejitter" in k and v]
+        assert not given_up, f"{name} run: dejitter given up for {given_up} (see sync._flush_imu)"
     assert sum(rep.sent.values()) == sum(len(s) for s in rep.streams), "replay lost samples"
     assert len(t_rep) > 0.8 * 60 * rep.duration, f"replay: only {len(t_rep)} angle samples"
 

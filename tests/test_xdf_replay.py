@@ -140,3 +140,49 @@ def test_rebase_preserves_relative_timing(shared_data: Path) -> None:
             min(float(np.asarray(rep.rebase(x.time_stamps[:1]))[0]) for x in rep.streams if len(x))
             == 1000.0
         )
+
+
+def _lossy_recording(path: Path, source_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """A 100 Hz IMU stream, 4 s, 25 samples lost in bursts and one stamp a little backwards,
+    written as the recorder writes (4-sample chunks, clock offsets of 0). Returns what was
+    written: (stamps, values)."""
+    from drivers.xdf_writer import XdfWriter
+
+    rng = np.random.default_rng(2)
+    keep = np.ones(400, bool)
+    keep[[*range(60, 70), *range(200, 210), *range(300, 305)]] = False
+    k = np.flatnonzero(keep)
+    t = 5000.0 + k * 0.01 + rng.normal(0.0, 5e-4, len(k))
+    t[150] = t[149] - 0.002  # a stamp that steps back (as in the MuseLSL2 files)
+    x = np.repeat(k[:, None].astype(np.float32), 6, axis=1)  # value: the true sample index
+    header = (
+        "<?xml version='1.0'?><info><name>lossy</name><type>IMU</type>"
+        "<channel_count>6</channel_count><nominal_srate>100</nominal_srate>"
+        f"<channel_format>float32</channel_format><source_id>{source_id}</source_id></info>"
+    )
+    with XdfWriter(path) as w:
+        w.add_stream(1, header)
+        w.write_clock_offset(1, float(t[0]) - 1.0, 0.0)
+        for i in range(0, len(t), 4):
+            w.write_samples(1, t[i : i + 4], x[i : i + 4])
+        w.write_clock_offset(1, float(t[-1]) + 1.0, 0.0)
+    return t, x
+
+
+@pytest.mark.timeout(60)
+def test_lossy_stream_is_replayed_on_its_recorded_stamps(tmp_path: Path) -> None:
+    """Issue #5: pyxdf's dejitter fits one line of stamp on sample index, so after each loss
+    the later samples are put early or late by up to half the losses (here tens of ms).
+    By default the replayer sends the recorded stamps, in recorded order, as a live inlet
+    received them; the values arrive unchanged."""
+    path = tmp_path / "lossy.xdf"
+    t, x = _lossy_recording(path, f"lossy-{uuid.uuid4().hex[:8]}")
+    with XdfReplayer(path, source_id_suffix=_suffix()) as rep:
+        np.testing.assert_allclose(rep.streams[0].time_stamps, t, rtol=0, atol=1e-9)
+    with XdfReplayer(path, dejitter=True, source_id_suffix=_suffix()) as rep:
+        off = np.abs(rep.streams[0].time_stamps - (5000.0 + x[:, 0] * 0.01))
+        assert off.max() > 0.03  # the line fit the replayer no longer sends by default
+    (row,) = verify_replay(path, speed=4.0)
+    assert row.received == row.expected == len(t), row
+    assert row.values_ok, row  # in recorded order, the step back included
+    assert row.err_max_ms < 1.0, row  # the recorded stamps, to the LSL clock's precision

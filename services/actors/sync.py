@@ -42,6 +42,9 @@ __all__ = ["RawBuffer", "Sync", "interp_rows"]
 
 log = logging.getLogger(__name__)
 
+#: samples over which the sync stage judges whether a stream's dejitter fits (see _flush_imu)
+DEV_WINDOW = 128
+
 
 def interp_rows(
     ts: list[np.ndarray], xs: list[np.ndarray], ticks: np.ndarray, max_gap_s: float
@@ -143,22 +146,37 @@ class _Stream:
     pend_t: list[np.ndarray] = field(default_factory=list)
     pend_x: list[np.ndarray] = field(default_factory=list)
     bad_order_logged: bool = False
-    raw_stamps: bool = False  # dejitter given up for this stream (it drops samples)
+    raw_stamps: bool = False  # dejitter given up for this stream (its stamps cannot be fitted)
     raw_hist: deque[tuple[np.ndarray, np.ndarray]] = field(default_factory=lambda: deque(maxlen=48))
+    #: |dejittered - received| (s) of the last DEV_WINDOW dejittered samples, a ring
+    dev: np.ndarray = field(default_factory=lambda: np.zeros(DEV_WINDOW))
+    n_dev: int = 0  # samples ever written to `dev`
 
     def flush(self) -> float:
-        """Move the waiting samples through the StreamSync; returns |dejittered - raw| (s)."""
+        """Move the waiting samples through the StreamSync; returns max |dejittered - raw| (s)."""
         if not self.pend_t:
             return 0.0
         t = np.concatenate(self.pend_t) if len(self.pend_t) > 1 else self.pend_t[0]
         x = np.concatenate(self.pend_x) if len(self.pend_x) > 1 else self.pend_x[0]
         self.pend_t, self.pend_x = [], []
         out, _ = self.sync.push(t, x)
-        if isinstance(self.sync, StreamSync):
-            self.raw_hist.append((t, x))  # to re-seed the buffer if dejitter is given up
-        if not len(out):
+        if not isinstance(self.sync, StreamSync) or not len(out):
             return 0.0
-        return float(np.max(np.abs(out - t[-len(out) :])))
+        self.raw_hist.append((t, x))  # to re-seed the buffer if dejitter is given up
+        d = np.abs(out - t[-len(out) :])[-DEV_WINDOW:]
+        pos = (self.n_dev + np.arange(len(d))) % DEV_WINDOW
+        self.dev[pos] = d
+        self.n_dev += len(d)
+        worst = float(np.fmax.reduce(d))  # NaN stamps (invalid) are no deviation
+        return worst if worst == worst else 0.0
+
+    def typical_dev(self) -> float:
+        """Median |dejittered - raw| (s) over the recent window; 0 until it is half full."""
+        if self.n_dev < DEV_WINDOW // 2:
+            return 0.0
+        d = self.dev[: min(self.n_dev, DEV_WINDOW)]
+        d = d[np.isfinite(d)]
+        return float(np.median(d)) if len(d) else 0.0
 
     @property
     def watermark(self) -> float:
@@ -207,7 +225,7 @@ class Sync(Stage):
         self.stale = self.cfg.stale_after_ms / 1e3
         self.max_behind_ticks = max(1, int(max_behind_s * self.rate))
         self.wait_for = set(self.cfg.wait_for)
-        self.dejitter_max_dev = 0.005  # s: see _flush_imu
+        self.dejitter_max_dev = 0.005  # s: typical dejitter deviation tolerated, see _flush_imu
         # raw stamps jitter around the dejittered ones: a stream whose raw watermark is this
         # close below a tick may already let it out (see _ready_ticks)
         self.raw_slack_s = 0.002 if self.event_driven else 0.0
@@ -246,21 +264,33 @@ class Sync(Stage):
     def _flush_imu(self, subj: _Subject, st: _Stream) -> None:
         """Dejitter a stream's new samples, and give up dejittering a stream it cannot fit.
 
-        fusion.dejitter fits stamps on sample indices; a stream that loses samples (radio
-        drop-outs) breaks that assumption and its stamps drift away from the truth. When the
-        dejittered stamps stray more than `dejitter_max_dev` from the raw ones, the stream
-        falls back to its raw (time-corrected) stamps: logged once and counted.
+        fusion.dejitter puts each sample on its stream's grid, lost samples included (a loss is
+        a whole number of periods). Where the stamps jitter too much to tell a loss from a late
+        sample, a loss is not re-indexed and the dejittered stamps run off the truth; raw
+        stamps are the better guess there. So when the *median* |dejittered − received| over
+        the last DEV_WINDOW samples exceeds `dejitter_max_dev`, the stream falls back to its
+        received (time-corrected) stamps for good: logged once and counted. A median, not the
+        largest deviation: a loss the dejitter has not yet confirmed leaves a few samples a
+        period off (seen: 3 samples 10 ms early after a loss in the first 0.3 s), and judging
+        on those would switch a well-fitted stream to its jittery raw stamps depending on how
+        its packets happened to be chunked — so a live run and its replay could differ.
         """
         dev = st.flush()
         if st.raw_stamps or dev <= self.dejitter_max_dev:
             return
+        typical = st.typical_dev()
+        if typical <= self.dejitter_max_dev:
+            return  # a few samples off while a loss is confirmed: the fit is fine
         st.raw_stamps = True
         self.buf.inc("bad_input", (st.label, "dejitter_drift"))
         log.warning(
-            "IMU stream '%s' (subject %s): dejittered timestamps drifted %.1f ms from the "
-            "received ones (lost samples?); using its received timestamps from now on",
+            "IMU stream '%s' (subject %s): dejittered timestamps are %.1f ms (median of the "
+            "last %d samples; up to %.1f ms) from the received ones: too irregular to fit; "
+            "using its received timestamps from now on",
             st.label,
             subj.id,
+            typical * 1e3,
+            DEV_WINDOW,
             dev * 1e3,
         )
         st.sync = RawBuffer(st.sync.nominal_srate)

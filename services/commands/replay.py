@@ -58,9 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--max-seconds", type=float, help="replay only the first S s of the file")
     p.add_argument(
-        "--no-dejitter",
+        "--dejitter",
         action="store_true",
-        help="replay clock-synchronised but not dejittered timestamps (keep the real jitter)",
+        help="replay pyxdf-dejittered timestamps (one straight line per segment: wrong for "
+        "streams that lose samples); default: the recorded stamps, clock-synchronised",
     )
     p.add_argument("--source-id-suffix", default="", help="append to every source id")
     p.add_argument("--skip-empty", action="store_true", help="no outlet for streams with no data")
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _open_replayer(args: argparse.Namespace) -> XdfReplayer:
     """The file's selected streams, ready to publish (its load warnings printed)."""
-    rec = load_xdf(args.file, args.select or None, dejitter_timestamps=not args.no_dejitter)
+    rec = load_xdf(args.file, args.select or None, dejitter_timestamps=args.dejitter)
     for w in rec.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return XdfReplayer(
@@ -279,7 +280,7 @@ def _replay_into_pipeline(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    rec = load_xdf(args.file, args.select or None)
+    rec = load_xdf(args.file, args.select or None, dejitter_timestamps=args.dejitter)
     end = max((s.time_stamps[-1] for s in rec.streams if len(s)), default=0.0)
     start = min((s.time_stamps[0] for s in rec.streams if len(s)), default=0.0)
     duration = end - start if args.max_seconds is None else min(end - start, args.max_seconds)
@@ -291,6 +292,7 @@ def _verify(args: argparse.Namespace) -> int:
             speed=args.speed,
             max_seconds=args.max_seconds,
             progress=_progress(bar),
+            dejitter=args.dejitter,
         )
     finally:
         bar.close()
