@@ -110,7 +110,7 @@ class SubjectConfig:
 @dataclass
 class ModelConfig:
     rate_hz: float = 60.0
-    estimator: str = "classical"
+    estimator: str = "fusionnet"  # fusion.estimators.registry name (configs/default.yaml)
     options: dict[str, Any] = field(default_factory=dict)  # passed to the estimator factory
     lookahead: int = 0  # frames; 0 = causal
     device: str = "auto"  # auto | cpu | cuda

@@ -42,7 +42,9 @@ __all__ = ["Pipeline", "run_pipeline", "update_placement"]
 
 log = logging.getLogger(__name__)
 
-ACTOR_START_TIMEOUT_S = 180.0  # a neural estimator exports and times its ONNX graph at start
+#: a neural estimator on the CPU loads its ONNX graph from the cache (~1-3 s) or, the first
+#: time for its weights, exports it (~5-10 s here, far more on a loaded machine)
+ACTOR_START_TIMEOUT_S = 300.0
 MAX_RESTARTS = 3  # Ray restarts a crashed actor this often; supervise() resumes its work
 STOP_TIMEOUT_S = 10.0
 #: CPUs asked by an actor pinned to a node: Ray schedules a request for no resources at all on

@@ -1,4 +1,13 @@
-"""Session-wide fixtures: one Ray per test session, the shared real-data folder."""
+"""Session-wide fixtures: one Ray per test session, the shared real-data folder, and one
+ONNX graph cache per test session.
+
+The cache (fusion/estimators/neural.py, $GAIT_STREAM_CACHE) points at a folder of this session,
+set before any test, Ray or subprocess starts (they inherit it): tests never read or write the
+user's ~/.cache, so every session behaves like a fresh CI machine, and FusionNet (the runtime's
+default estimator) is exported at most once per session. A GAIT_STREAM_CACHE already set is
+kept: `GAIT_STREAM_CACHE=~/.cache/gait-stream pytest` reuses a persistent cache and skips the
+export (it is keyed and checked against torch on every load, so reuse cannot hide a bug).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +35,34 @@ def shared_data() -> Path:
             "checkout; set GAIT_STREAM_SHARED_DATA to point elsewhere"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """GAIT_STREAM_CACHE for the whole session (autouse: set before Ray or a subprocess)."""
+    own = os.environ.get("GAIT_STREAM_CACHE")
+    if own:
+        yield Path(own)
+        return
+    path = tmp_path_factory.mktemp("gait-stream-cache")
+    os.environ["GAIT_STREAM_CACHE"] = str(path)
+    yield path
+    os.environ.pop("GAIT_STREAM_CACHE", None)
+
+
+@pytest.fixture(scope="session")
+def fusionnet_onnx(onnx_cache_dir: Path) -> dict:
+    """The default estimator's ONNX graph exported into the session cache, in this process,
+    before a test starts a pipeline that loads it: the export (~5-10 s quiet, minutes under
+    load) then never runs inside a pipeline's start-up timeouts. Nothing to do on a GPU
+    machine (the estimator runs torch there). Returns the estimator's info()."""
+    import torch
+
+    from fusion.estimators.neural import NeuralEstimator
+
+    if torch.cuda.is_available():
+        return {"device": "cuda", "backend": "torch"}
+    return NeuralEstimator("fusionnet", device="cpu", backend="onnx").info()
 
 
 @pytest.fixture(scope="session")

@@ -64,3 +64,44 @@ def test_moved_counters_by_label() -> None:
     b = {"masked": {"s0|imu": 3.0, "s0|video": 25.0, "s1|video": 2.0}}
     assert _moved(a, b, "masked") == {"s0|video": 15, "s1|video": 2}
     assert _moved(a, b, "dropped") == {}
+
+
+def test_report_names_the_estimator_its_backend_and_model_time(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The text report says which estimator ran (and on what) and its model time per call,
+    and the JSON report is the result itself."""
+    import json
+
+    from services.commands.bench import _report
+
+    res = {
+        "subjects": 1,
+        "seconds": 30.0,
+        "estimator": "fusionnet",
+        "estimator_info": {"backend": "onnx", "device": "cpu", "threads": 1},
+        "estimator_ms": {"fusionnet": {"p50": 2.5, "p99": 7.25}},
+        "latency_ms": {"p50": 20.0, "p99": 90.0, "max": 120.0},
+        "lookahead_ms": 0.0,
+        "stages_ms": {},
+        "rate_hz": 60.0,
+        "missing_ticks": 0,
+        "dropped": 0,
+        "late": 0,
+        "masked": 0,
+        "max_output_gap_ms": 40.0,
+        "cpu": {"machine_cores_busy": 1.2, "machine_cores": 2, "process_cores": {}},
+        "load_average": [1.0, 1.0, 1.0],
+        "hold": {"minutes": []},
+        "held": True,
+        "rmse_deg": {},
+    }
+    _report(res, as_json=False)
+    out = capsys.readouterr().out
+    assert "estimator fusionnet (onnx)" in out
+    assert "model time per call: p50 2.50 ms, p99 7.25 ms" in out
+    _report({**res, "estimator": "classical", "estimator_info": {"backend": None}}, False)
+    out = capsys.readouterr().out
+    assert "estimator classical\n" in out and "model time" not in out
+    _report(res, as_json=True)
+    assert json.loads(capsys.readouterr().out)["estimator"] == "fusionnet"

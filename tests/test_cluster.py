@@ -181,6 +181,10 @@ def cluster_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "--kill",
         "--compare",
         "--json",
+        # about placement, restarts and byte-identical outputs, with the calibrating estimator
+        # its tracking check is written for (not the default, FusionNet)
+        "--estimator",
+        "classical",
     ]
     with log.open("w") as err:
         try:

@@ -49,7 +49,7 @@ def test_default_config_is_the_simulated_lab() -> None:
     assert set(subj.imu) == set(SEGMENTS)
     assert all(s is not None and s.name == f"sim-s0-{seg}" for seg, s in subj.imu.items())
     assert [c.endpoint for c in subj.cameras] == ["auto"] * 4
-    assert cfg.model.rate_hz == 60.0 and cfg.model.estimator == "classical"
+    assert cfg.model.rate_hz == 60.0 and cfg.model.estimator == "fusionnet"
     assert cfg.model.lookahead == 0
     assert cfg.metrics.host == "127.0.0.1" and cfg.metrics.port == 9310
     assert cfg.outputs.lsl and cfg.outputs.zmq.startswith("tcp://")
@@ -207,3 +207,13 @@ def test_inference_actors_bad_values_name_the_key(tmp_path: Path, value: object)
     err = error_for(tmp_path, data)
     assert err.key == "model.inference_actors"
     assert repr(value) in str(err)
+
+
+def test_embedded_default_model_matches_the_dataclass_default() -> None:
+    """configs/default.yaml and ModelConfig's defaults say the same (FusionNet, causal):
+    a config that leaves `model:` out runs what the default lab runs."""
+    import dataclasses
+
+    from_yaml = dataclasses.asdict(load_config().model)
+    assert from_yaml == dataclasses.asdict(parse_config({}).model)
+    assert from_yaml["estimator"] == "fusionnet" and from_yaml["lookahead"] == 0

@@ -444,8 +444,11 @@ class Pipeline:
 
 
 @pytest.fixture
-def gait_stream_pipeline(ray_head: RayHead, tmp_path: Path) -> Iterator[Pipeline]:
-    """The real pipeline on the embedded default config, running on `ray_head`."""
+def gait_stream_pipeline(
+    ray_head: RayHead, tmp_path: Path, fusionnet_onnx: dict
+) -> Iterator[Pipeline]:
+    """The real pipeline on the embedded default config (FusionNet: its ONNX graph already in
+    the session's cache, tests/conftest.py), running on `ray_head`."""
     port = free_port()
     log = tmp_path / "gait-stream.log"
     with log.open("w") as out:

@@ -1,24 +1,33 @@
 """NeuralEstimator on a tiny untrained GaitNet (random weights, so outputs depend on inputs):
 shapes, the look-ahead delay, batching = one subject at a time = the model's forward, masks,
-subjects leaving and joining, the ONNX back-end, and bad weight files."""
+subjects leaving and joining, the ONNX back-end and its on-disk graph cache (miss, hit, corrupt
+or stale file, key following the weights), and bad weight files."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fusion.estimators import neural
 from fusion.estimators.base import SyncedBatch
 from fusion.estimators.neural import NeuralEstimator, measure_speed
+from fusion.estimators.onnx_graph import cache_dir, export_graph, graph_key
 from fusion.estimators.registry import create
+from fusion.nn.checkpoint import save_model
 from fusion.nn.features import angles_from_output, normalise_inputs
 from fusion.nn.models import ModelConfig, build_model
 from fusion.skeleton import ANGLES, KEYPOINTS, SEGMENT_INDEX, SEGMENTS
 
 LOOKAHEAD = 2
+needs_onnx = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="no onnxruntime"
+)
 
 
 def tiny(kind: str = "fusionnet", lookahead: int = LOOKAHEAD):
@@ -187,7 +196,7 @@ def test_bad_weight_files_name_the_file(tmp_path, model) -> None:
         create("imunet", weights=str(bad), colour="red")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="no onnxruntime")
+@needs_onnx
 def test_onnx_backend_gives_the_torch_numbers(model) -> None:
     subs = {"a": stream(14, 8), "b": stream(10, 9)}
     onnx = NeuralEstimator("tiny", model=model, backend="onnx", device="cpu")
@@ -200,3 +209,138 @@ def test_onnx_backend_gives_the_torch_numbers(model) -> None:
     modes = {r["mode"].split(" ")[0] for r in rows}
     assert {"step/torch", "step/onnx", "full_window/torch"} <= modes
     assert all(r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
+
+
+# --------------------------------------------------------------------------- ONNX graph cache
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache folder of this test's own."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("GAIT_STREAM_CACHE", str(d))
+    return d
+
+
+def graphs(cache: Path) -> list[Path]:
+    return sorted((cache / "onnx").glob("*.onnx"))
+
+
+def onnx_est(model, **kw) -> NeuralEstimator:
+    return NeuralEstimator("tiny", model=model, device="cpu", **{"backend": "onnx", **kw})
+
+
+def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GAIT_STREAM_CACHE", str(tmp_path / "own"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "own"
+    monkeypatch.delenv("GAIT_STREAM_CACHE")
+    assert cache_dir() == tmp_path / "xdg" / "gait-stream"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")  # the XDG spec: ignore a relative one
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "gait-stream"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == tmp_path / "home" / ".cache" / "gait-stream"
+
+
+@needs_onnx
+def test_graph_cache_miss_then_hit(model, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = onnx_est(model)
+    assert first.onnx_graph["source"] == "export" and first.onnx_graph["stored"]
+    (path,) = graphs(cache)
+    assert first.onnx_graph["path"] == str(path) and path.name.startswith("fusionnet-")
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no tmp file left behind
+
+    def no_export(*a, **k):
+        raise AssertionError("exported although the graph is cached")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    second = onnx_est(model, backend="auto")  # auto on the CPU: onnx once the check passes
+    assert second.backend == "onnx" and second.onnx_graph["source"] == "cache"
+    assert second.onnx_graph["path"] == str(path) and "checked against torch" in second.backend_note
+    subs = {"a": stream(12, 11), "b": stream(9, 12)}
+    got = run(second, subs)
+    want = run(NeuralEstimator("tiny", model=model, backend="torch", device="cpu"), subs)
+    for s in subs:
+        np.testing.assert_allclose(got[s][1], want[s][1], atol=1e-3)
+    # no cache asked for: an export, nothing written
+    monkeypatch.undo()
+    monkeypatch.setenv("GAIT_STREAM_CACHE", str(cache))
+    path.unlink()
+    off = onnx_est(model, onnx_cache=False)
+    assert off.onnx_graph["source"] == "export" and graphs(cache) == []
+
+
+@needs_onnx
+def test_corrupt_or_stale_cache_file_is_exported_again(
+    model, cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    onnx_est(model)
+    (path,) = graphs(cache)
+    good = path.read_bytes()
+    other = tiny(lookahead=LOOKAHEAD)
+    with torch.no_grad():
+        next(other[0].parameters()).add_(0.5)  # same shapes, other numbers
+    stale = export_graph(other[0], onnx_est(model, backend="torch")._keys)
+    for bad, why in (
+        (good[: len(good) // 2], "unusable"),
+        (b"\x08\x07garbage" * 50, "unusable"),
+        (stale, "differs from torch"),  # loads fine, computes another model: the check sees it
+    ):
+        path.write_bytes(bad)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=neural.__name__):
+            est = onnx_est(model)
+        assert est.backend == "onnx" and est.onnx_graph["source"] == "export", why
+        assert str(path) in caplog.text and why in caplog.text and "exporting again" in caplog.text
+        assert onnx_est(model).onnx_graph["source"] == "cache"  # the file was replaced
+
+
+@needs_onnx
+def test_cache_key_follows_the_weights_not_the_file_name(
+    model, cache: Path, tmp_path: Path
+) -> None:
+    m, cfg, _ = tiny()
+    f = tmp_path / "weights" / "fusionnet.pt"
+    save_model(f, m, cfg)
+    a = NeuralEstimator(f, backend="onnx", device="cpu")
+    again = NeuralEstimator(f, backend="onnx", device="cpu")  # another load of the same bytes
+    assert again.onnx_graph["source"] == "cache"
+    assert again.onnx_graph["path"] == a.onnx_graph["path"]
+    with torch.no_grad():
+        next(m.parameters()).add_(1e-3)  # retrained: new weights under the same name
+    save_model(f, m, cfg)
+    b = NeuralEstimator(f, backend="onnx", device="cpu")
+    assert b.onnx_graph["source"] == "export" and b.onnx_graph["path"] != a.onnx_graph["path"]
+    assert len(graphs(cache)) == 2
+    keys = a._keys
+    k0 = graph_key(*tiny()[:2], keys)
+    assert graph_key(*tiny()[:2], keys) == k0  # deterministic
+    assert graph_key(m, cfg, keys) != k0
+    m1, cfg1, _ = tiny(lookahead=1)
+    assert graph_key(m1, cfg1, keys) != k0  # the config is part of it
+
+
+@needs_onnx
+def test_failed_check_falls_back_to_torch_and_caches_nothing(
+    model, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(neural, "ONNX_TOLERANCE", -1.0)  # no graph can pass
+    est = onnx_est(model, backend="auto")
+    assert est.backend == "torch" and "differs from torch" in est.backend_note
+    assert graphs(cache) == []
+    with pytest.raises(RuntimeError, match="estimator fusionnet: ONNX step differs"):
+        onnx_est(model)
+
+
+@needs_onnx
+def test_unwritable_cache_costs_an_export_not_a_crash(
+    model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("GAIT_STREAM_CACHE", str(blocker / "cache"))
+    with caplog.at_level(logging.WARNING, logger="fusion.estimators.onnx_graph"):
+        est = onnx_est(model)
+    assert est.backend == "onnx" and est.onnx_graph["stored"] is False
+    assert "not written" in caplog.text and str(blocker) in caplog.text

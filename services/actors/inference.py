@@ -108,10 +108,14 @@ class Inference(Stage):
         opts = dict(options or {})
         if lookahead and "lookahead" not in opts:
             opts["lookahead"] = lookahead  # an estimator with a settable look-ahead takes it
+        t0 = time.perf_counter()
         self.est: Estimator = create_estimator(estimator, cameras, opts)
         self.device = pick_device(device)
-        if self.device == "cuda":
-            self._to_device("cuda")
+        # an estimator that chose its own device (a neural one picks cuda when it sees it)
+        # follows the config's: `device: cpu` on a GPU machine means the CPU
+        if self.device == "cuda" or getattr(self.est, "device", self.device) != self.device:
+            self._to_device(self.device)
+        self.start_s = time.perf_counter() - t0  # estimator load (+ ONNX export or cache load)
         self.name = getattr(self.est, "name", estimator)
         actual = int(getattr(self.est, "lookahead", 0))
         if lookahead is not None and lookahead != actual:
@@ -132,7 +136,11 @@ class Inference(Stage):
         self.calls = 0
         self.buf.set("lookahead", (), self.lookahead_s)
         log.info(
-            "estimator %s on %s (look-ahead %d frames)", self.name, self.device, self.est.lookahead
+            "estimator %s on %s (look-ahead %d frames), ready in %.1f s",
+            self.name,
+            self.device,
+            self.est.lookahead,
+            self.start_s,
         )
 
     def _to_device(self, device: str) -> None:
@@ -143,8 +151,17 @@ class Inference(Stage):
                 return
 
     def info(self) -> dict[str, Any]:
+        """What runs here; a neural estimator adds its back-end (torch/onnx), thread count and
+        where its ONNX graph came from (cache or export, with the seconds it took)."""
+        detail = getattr(self.est, "info", None)
+        est = detail() if callable(detail) else {}
+        graph = est.get("onnx_graph") or {}
         return {
             "estimator": self.name,
+            "backend": est.get("backend"),
+            "threads": est.get("threads"),
+            "onnx_graph": {k: graph[k] for k in ("source", "export_s", "load_s") if k in graph},
+            "start_s": round(self.start_s, 2),
             "device": self.device,
             "lookahead": int(getattr(self.est, "lookahead", 0)),
             "lookahead_s": self.lookahead_s,

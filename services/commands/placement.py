@@ -76,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--compare", action="store_true", help="same recorded ticks on two nodes: same angles?"
     )
     p.add_argument("--config", help="base config (default: configs/default.yaml)")
+    p.add_argument("--estimator", help="estimator name (default: the config's)")
     p.add_argument("--address", help="use this Ray cluster instead of starting a local one")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -476,6 +477,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gait-stream placement: {exc}", file=sys.stderr)
         return 2
+    if args.estimator:
+        cfg.model.estimator = args.estimator
     actors: int | str | None = args.inference_actors
     if actors is not None and actors != "auto":
         if not actors.isdigit() or int(actors) < 1:

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from services.config import ConfigError, load_config
 
-__all__ = ["LiveView", "placement_lines", "register", "run"]
+__all__ = ["LiveView", "estimator_details", "placement_lines", "register", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class LiveView:
         outs = info.get("outputs", {})
         lines = [
             f"gait-stream: {len(info.get('subjects', []))} subject(s), estimator "
-            f"{est.get('estimator')} on {est.get('device')} (look-ahead {est.get('lookahead')})",
+            f"{est.get('estimator')} on {est.get('device')} ({estimator_details(est)})",
             "  out: LSL gait-stream/angles (JointAngles), gait-stream/events, gait-stream/gait"
             + (f"; ZeroMQ PUB {outs['zmq']}" if outs.get("zmq") else ""),
         ]
@@ -125,6 +125,21 @@ class LiveView:
         )
 
 
+def estimator_details(est: dict[str, Any]) -> str:
+    """'onnx, look-ahead 0, ready in 2.1 s, ONNX graph from the cache' from an inference
+    actor's info()."""
+    parts = [est["backend"]] if est.get("backend") else []
+    parts.append(f"look-ahead {est.get('lookahead')}")
+    if est.get("start_s") is not None:
+        parts.append(f"ready in {est['start_s']:.1f} s")
+    source = (est.get("onnx_graph") or {}).get("source")
+    if source == "cache":
+        parts.append("ONNX graph from the cache")
+    elif source == "export":
+        parts.append("ONNX graph exported and cached")
+    return ", ".join(parts)
+
+
 def placement_lines(info: dict[str, Any]) -> list[str]:
     """Which inference actor on which node serves which subjects, and subjects per node."""
     actors = info.get("inference_actors") or {}
@@ -157,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.metrics.port = args.metrics_port
         cfg.metrics.enabled = True
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # said before the (possibly long) start: a neural estimator's first start exports its graph
+    print(f"gait-stream: starting, estimator {cfg.model.estimator} ({cfg.source})", flush=True)
     view = LiveView(sys.stdout)
     try:
         summary = run_pipeline(
