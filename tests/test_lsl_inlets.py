@@ -13,6 +13,7 @@ import numpy as np
 import pylsl
 import pytest
 
+from drivers import lsl_inlets
 from drivers.lsl_inlets import ImuInlet, PairedImuInlet, StreamFormatError, open_all
 from drivers.lsl_outlets import make_stream_info
 from drivers.selectors import StreamSelector, resolve
@@ -145,6 +146,25 @@ def test_units_from_metadata_converted_and_labels_mapped_in_any_order() -> None:
     np.testing.assert_allclose(data[:, 0, :], np.tile(expect, (5, 1)), rtol=1e-6, atol=1e-6)
     assert inlet.notes == []
     assert inlet.stats["samples"] == 5
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_pull_with_and_without_the_direct_liblsl_call(
+    direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ImuInlet pulls through liblsl on cached buffers (pylsl's `do_pull_chunk`); a pylsl
+    without that attribute goes through its public pull_chunk, with the same result."""
+    u = _uid()
+    out = _outlet(f"imu-{u}", f"sid-{u}", list(IMU_CHANNELS), list(IMU_UNITS))
+    inlet = ImuInlet(_resolve_one(source_id=f"sid-{u}"), ["thigh_r"])
+    inlet.open()
+    monkeypatch.setattr(lsl_inlets, "DIRECT_PULL", direct)
+    x = np.arange(7 * 6, dtype=np.float32).reshape(7, 6) / 10
+    stamps = pylsl.local_clock() - np.arange(7)[::-1] / RATE
+    out.push_chunk(x, timestamp=stamps.tolist())
+    t, data = _pull_n(inlet, 7)
+    np.testing.assert_allclose(data[:, 0, :], x, rtol=1e-6)
+    np.testing.assert_allclose(t - t[0], stamps - stamps[0], atol=1e-6)
 
 
 def test_multi_sensor_stream_maps_segment_prefixed_labels() -> None:

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 class KeypointIngest(Stage):
     stage = "ingest"
     idle_s = 0.0  # the receiver's poll is the wait
-    poll_ms = 5
+    max_block_s = 0.05  # longest single wait in ZeroMQ (stop() is seen within it)
+    min_block_s = 0.005  # shortest wait when nothing is held (a flush due now can wait that)
 
     def __init__(
         self,
@@ -60,12 +61,40 @@ class KeypointIngest(Stage):
         self.frames = 0
 
     def step(self, messages: list[Any]) -> None:
-        wait_ms = self.poll_ms
+        """Wait in ZeroMQ for keypoints until something is due, take them, send when held long
+        enough.
+
+        Due is the end of the hold of what is held, else the next metrics flush (within
+        `min_block_s`..`max_block_s`, so stop() is seen): between frames the worker sleeps instead of
+        waking every few ms to find nothing. zmq waits in whole ms (rounded down, never past
+        the hold); the last fraction of a ms is slept, not polled in a loop.
+        """
+        now_m = time.monotonic()
         if self._first is not None:  # something is held: wake up when its hold ends
-            wait_ms = max(
-                0, min(wait_ms, int((self._first + self.hold_s - time.monotonic()) * 1e3))
-            )
-        got = self.receiver.poll(wait_ms) if self.endpoints else []
+            left = self._first + self.hold_s - now_m
+        else:
+            due = self._last_flush + self.flush_s - now_m
+            left = min(self.max_block_s, max(due, self.min_block_s))
+        if not self.endpoints:  # nothing to listen to: sleep until due (stop() wakes it)
+            with self._cv:
+                if self._running and left > 0:
+                    self._cv.wait(left)
+            return
+        self._take(self.receiver.poll(max(0, int(left * 1e3))))
+        if self._first is None:
+            return
+        rest = self._first + self.hold_s - time.monotonic()
+        if 0 < rest < 1e-3:
+            time.sleep(rest)
+            self._take(self.receiver.poll(0))
+            rest = 0.0
+        if rest <= 0:
+            self._send(pylsl.local_clock())
+
+    def _take(self, got: list[Any]) -> None:
+        """Hold what arrived, by camera; count and log (once) cameras no subject lists."""
+        if not got:
+            return
         now = pylsl.local_clock()
         for msg in got:
             if msg.camera not in self.camera_subject:
@@ -82,8 +111,6 @@ class KeypointIngest(Stage):
             self._last[msg.camera] = now
             if self._first is None:
                 self._first = time.monotonic()
-        if self._first is not None and time.monotonic() - self._first >= self.hold_s:
-            self._send(now)
 
     def _send(self, now: float) -> None:
         """One message for what arrived within `hold_s`: 4 free-running cameras would
