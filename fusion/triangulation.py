@@ -86,14 +86,15 @@ def _view_errors(P: np.ndarray, X: np.ndarray, uv: np.ndarray, used: np.ndarray)
 
 def _solve_and_score(
     P: np.ndarray, uv: np.ndarray, w: np.ndarray, used: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """DLT over the used views → (points (M, 3), RMS reprojection error (M,) px)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DLT over the used views → (points (M, 3), RMS reprojection error (M,) px, each used
+    view's error (M, C) px, NaN for the others)."""
     Xh = _solve(P, uv, np.where(used, w, 0.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         X = Xh[:, :3] / Xh[:, 3:4]
         e = _view_errors(P, X, uv, used)
         rms = np.sqrt(np.nanmean(e**2, axis=1))
-    return X, np.where(np.isfinite(rms), rms, np.inf)
+    return X, np.where(np.isfinite(rms), rms, np.inf), e
 
 
 def triangulate(
@@ -118,35 +119,38 @@ def triangulate(
     used = wm > 0
     X = np.full((N * J, 3), np.nan)
     err = np.full(N * J, np.nan)
+    E = np.full((N * J, C), np.nan)  # each used view's reprojection error of X
     todo = np.flatnonzero(used.sum(axis=1) >= 2)
     if len(todo):
-        X[todo], err[todo] = _solve_and_score(P, uvm[todo], wm[todo], used[todo])
+        X[todo], err[todo], E[todo] = _solve_and_score(P, uvm[todo], wm[todo], used[todo])
     while outlier_px is not None and len(todo):
         # points whose worst view is off by more than outlier_px and that have a view to
         # spare: try leaving out each view, keep the subset that fits best
-        e = _view_errors(P, X[todo], uvm[todo], used[todo])
+        e = E[todo]
         n_used = used[todo].sum(axis=1)
         todo = todo[
             (n_used >= 3) & (np.nanmax(np.where(np.isfinite(e), e, -1.0), axis=1) > outlier_px)
         ]
         if not len(todo):
             break
+        # every (point, view left out) trial in one solve: the points are independent, so
+        # this is the same arithmetic as one solve per view, at the cost of one call
+        cur = used[todo]
+        pt, cam = np.nonzero(cur)  # trial k: point todo[pt[k]] without view cam[k]
+        trial = cur[pt]
+        trial[np.arange(len(pt)), cam] = False
+        Xt, et, Et = _solve_and_score(P, uvm[todo][pt], wm[todo][pt], trial)
         best_err = np.full(len(todo), np.inf)
         best_X = X[todo].copy()
-        best_used = used[todo].copy()
-        for c in range(C):
-            trial = used[todo].copy()
-            can = trial[:, c].copy()
-            if not can.any():
-                continue
-            trial[:, c] = False
-            Xc, ec = _solve_and_score(P, uvm[todo], wm[todo], trial)
-            better = can & (ec < best_err)
-            best_err = np.where(better, ec, best_err)
-            best_X[better] = Xc[better]
-            best_used[better] = trial[better]
-        changed = (best_used != used[todo]).any(axis=1)
-        X[todo], err[todo], used[todo] = best_X, best_err, best_used
+        best_used = cur.copy()
+        best_E = E[todo].copy()
+        for c in range(C):  # in view order, a later view only when strictly better
+            k = np.flatnonzero(cam == c)
+            better = et[k] < best_err[pt[k]]
+            k, p = k[better], pt[k[better]]
+            best_err[p], best_X[p], best_used[p], best_E[p] = et[k], Xt[k], trial[k], Et[k]
+        changed = (best_used != cur).any(axis=1)
+        X[todo], err[todo], used[todo], E[todo] = best_X, best_err, best_used, best_E
         todo = todo[changed]  # a point no subset improves is final
     # in front of every camera that uses it
     depth = np.einsum("ci,mi->mc", P[:, 2, :3], np.nan_to_num(X)) + P[None, :, 2, 3]

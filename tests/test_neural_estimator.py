@@ -344,3 +344,203 @@ def test_unwritable_cache_costs_an_export_not_a_crash(
         est = onnx_est(model)
     assert est.backend == "onnx" and est.onnx_graph["stored"] is False
     assert "not written" in caplog.text and str(blocker) in caplog.text
+
+
+# ------------------------------------------------- fast paths = the plain per-subject algorithm
+
+
+def keypoint_stream(n: int, seed: int, cams) -> SyncedBatch:
+    """`stream` seen by calibrated cameras instead: 2-D detections with pixel noise, some
+    mis-detections (the triangulation's outlier pass runs) and a camera dropping out."""
+    b = stream(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    X = b.joints3d + np.array([0.0, 0.0, 0.3])
+    uv = np.stack([c.project(X) for c in cams], axis=1)  # (n, C, 17, 2)
+    uv += rng.normal(0.0, 2.0, uv.shape)
+    bad = rng.random(uv.shape[:3]) < 0.05
+    uv[bad] += rng.normal(0.0, 150.0, (int(bad.sum()), 2))
+    conf = rng.uniform(0.05, 1.0, uv.shape[:3])
+    cam_mask = rng.random((n, len(cams))) > 0.1
+    kp = np.concatenate([uv, conf[..., None]], axis=-1)
+    return SyncedBatch(b.t, b.imu, b.imu_mask, kp, cam_mask)
+
+
+def reference_angles(est: NeuralEstimator, calls: list[dict[str, SyncedBatch]], resets):
+    """What NeuralEstimator.update_many computes, the plain way: per-subject caches, per-subject
+    normalise_inputs (torch) and triangulation, one step per tick index for the subjects that
+    have one (batch in call order), angles per subject (`resets`: subjects dropped before a
+    call). Answers per call, as {subject: (t, angles)}."""
+    from fusion.triangulation import triangulate_keypoints
+
+    caches: dict[str, dict] = {}
+    seen: dict[str, list[float]] = {}
+    answers = []
+    for batches, gone in zip(calls, resets, strict=True):
+        for s in gone:
+            caches.pop(s, None)
+            seen.pop(s, None)
+        subs = [s for s, b in batches.items() if len(b)]
+        xs = {}
+        for s in subs:
+            b = batches[s]
+            if b.joints3d is not None:
+                j, jm = b.joints3d, b.joints3d_mask
+            else:
+                tri = triangulate_keypoints(est.cameras, b.keypoints, b.keypoint_mask, 0.1, 25.0)
+                j, jm = tri.points, np.isfinite(tri.points).all(axis=-1)
+            xs[s] = normalise_inputs(b.imu, b.imu_mask, j, jm)
+            caches.setdefault(s, est.model.init_state(1))
+        rot: dict[str, list] = {s: [] for s in subs}
+        for i in range(max(len(batches[s]) for s in subs)):
+            act = [s for s in subs if len(batches[s]) > i]
+            x = [np.stack([xs[s][k][i] for s in act]) for k in range(4)]
+            cache = {k: torch.cat([caches[s][k] for s in act]) for k in est._keys}
+            if est.backend == "onnx":
+                r, new = est._onnx({k: v.numpy() for k, v in cache.items()}, x)
+                new = {k: torch.from_numpy(v) for k, v in new.items()}
+            else:
+                with torch.inference_mode():
+                    out, new = est.model.step(cache, *(torch.from_numpy(v) for v in x))
+                r = out["rot6d"].numpy()
+            for n, s in enumerate(act):
+                caches[s] = {k: v[n : n + 1].clone() for k, v in new.items()}
+                rot[s].append(r[n])
+        res = {}
+        for s in subs:
+            t = seen.setdefault(s, [])
+            n_old = len(t)
+            t.extend(np.asarray(batches[s].t, float))
+            first = max(0, LOOKAHEAD - n_old)  # frame n describes frame n - lookahead
+            if len(batches[s]) > first:
+                desc = np.array(t[n_old + first - LOOKAHEAD : len(t) - LOOKAHEAD])
+                res[s] = (desc, angles_from_output(np.stack(rot[s][first:])))
+        answers.append(res)
+    return answers
+
+
+@pytest.mark.parametrize(
+    "backend", ["torch", pytest.param("onnx", marks=needs_onnx)], ids=["torch", "onnx"]
+)
+def test_subjects_joining_and_leaving_give_the_plain_algorithms_numbers(model, backend) -> None:
+    """The estimator's shortcuts (one normalisation and one triangulation per call, the whole
+    cache passed as it is, rows renumbered instead of scattered, rows dropped on reset) give
+    the per-subject algorithm's angles within 1e-5 degrees, whatever joins, leaves, skips a
+    call, sends several ticks at once or comes in another order."""
+    from fusion.camera import default_rig
+
+    cams = default_rig(4)
+    streams = {
+        f"s{k}": (keypoint_stream(40, 20 + k, cams) if k % 2 else stream(40, 20 + k))
+        for k in range(6)
+    }
+    est = NeuralEstimator("tiny", cams, model=model, backend=backend, device="cpu")
+    assert est.backend == backend
+    rng = np.random.default_rng(5)
+    pos = dict.fromkeys(streams, 0)
+    active = ["s0", "s1", "s2"]
+    calls, resets = [], []
+    for step in range(40):
+        gone = []
+        if step in (8, 20, 31):  # a subject leaves; its stream restarts if it comes back
+            gone = [active.pop(int(rng.integers(len(active))))]
+            pos[gone[0]] = 0
+        if step in (5, 12, 20, 26):
+            active.append(next(s for s in streams if s not in active))
+        subs = list(active)
+        rng.shuffle(subs)  # another order than the cache's rows
+        if step % 4 == 3:
+            subs = subs[1:]  # someone has nothing this call
+        batches = {}
+        for s in subs:
+            n = int(rng.choice([1, 1, 1, 2, 3]))
+            batches[s] = streams[s].slice(pos[s], pos[s] + n)
+            pos[s] += n
+        if step == 17:
+            batches["idle"] = streams["s5"].slice(0, 0)  # an empty batch: an empty answer
+        calls.append(batches)
+        resets.append(gone)
+
+    want = reference_angles(
+        NeuralEstimator("tiny", cams, model=model, backend=backend, device="cpu"), calls, resets
+    )
+    answered = 0
+    for batches, gone, ref in zip(calls, resets, want, strict=True):
+        for s in gone:
+            est.reset(s)
+        got = est.update_many(batches)
+        assert set(got) == set(batches)
+        assert est.info()["subjects"] == len(est._cache["n"]) == len(est._order)
+        for s, r in got.items():
+            if s not in ref:
+                assert len(r.t) == 0 and r.angles.shape == (0, len(ANGLES))
+                continue
+            np.testing.assert_array_equal(r.t, ref[s][0])
+            np.testing.assert_allclose(r.angles, ref[s][1], rtol=0, atol=1e-5, err_msg=s)
+            answered += len(r.t)
+    assert answered > 150
+    est.reset()
+    assert len(est._cache["n"]) == 0 and est.update_many({"a": stream(3, 1)})["a"].t.size == 1
+
+
+def test_normalise_inputs_np_is_normalise_inputs_bit_for_bit() -> None:
+    from fusion.nn.features import normalise_inputs_np
+    from fusion.skeleton import KEYPOINT_INDEX
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    imu = rng.standard_normal((n, len(SEGMENTS), 6)) * np.array([4, 4, 4, 30, 30, 30])
+    imu[rng.random(imu.shape) < 0.01] = np.nan
+    imu[rng.random(imu.shape) < 0.005] = np.inf
+    scale = rng.choice([1e-7, 1e-3, 0.3, 5.0], (n, 1, 1))  # tiny: a zero facing vector
+    joints = rng.standard_normal((n, len(KEYPOINTS), 3)) * scale
+    joints[rng.random(joints.shape) < 0.01] = np.nan
+    joints[:50, KEYPOINT_INDEX["hip_l"]] = joints[:50, KEYPOINT_INDEX["hip_r"]]
+    im, jm = rng.random((n, len(SEGMENTS))) > 0.1, rng.random((n, len(KEYPOINTS))) > 0.1
+    jm[50:80, KEYPOINT_INDEX["hip_l"]] = False
+    want = normalise_inputs(imu, im, joints, jm)
+    got = normalise_inputs_np(imu, im, joints, jm)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_array_equal(g, w)
+    got1 = normalise_inputs_np(imu[7:8], im[7:8], joints[7:8], jm[7:8])  # per frame
+    for g, w in zip(got1, want, strict=True):
+        np.testing.assert_array_equal(g, w[7:8])
+    with pytest.raises(ValueError, match="joints has shape"):
+        normalise_inputs_np(imu, im, joints[:, :16], jm)
+
+
+def test_angles_are_the_per_joint_decomposition() -> None:
+    """fusion.angles decomposes every joint at once; the same numbers as joint by joint."""
+    from scipy.spatial.transform import Rotation
+
+    from fusion.angles import (
+        JOINTS,
+        angles_from_rotations,
+        foot_progression,
+        matrix_to_cardan,
+        relative_rotation,
+        yaw_matrix,
+    )
+    from fusion.skeleton import ANGLE_INDEX, SIDES
+
+    rng = np.random.default_rng(4)
+    R = Rotation.random(9 * len(SEGMENTS), random_state=4).as_matrix()
+    R = R.reshape(3, 3, len(SEGMENTS), 3, 3)
+    heading = rng.uniform(-3, 3, (3, 3))
+    want = np.zeros((3, 3, len(ANGLES)))
+    fp = foot_progression(R, heading)
+    for parent, child, names, signs in JOINTS.values():
+        Rp = yaw_matrix(heading) if parent is None else R[..., SEGMENT_INDEX[parent], :, :]
+        c = matrix_to_cardan(relative_rotation(Rp, R[..., SEGMENT_INDEX[child], :, :])) * signs
+        for k, name in enumerate(names):
+            if name in ANGLE_INDEX:
+                want[..., ANGLE_INDEX[name]] = c[..., k]
+    for k, (side, sign) in enumerate(zip(SIDES, (-1.0, 1.0), strict=True)):
+        fwd = R[..., SEGMENT_INDEX[f"foot_{side}"], :, 0]
+        rel = np.angle(np.exp(1j * (np.arctan2(fwd[..., 1], fwd[..., 0]) - heading)))
+        want[..., ANGLE_INDEX[f"foot_progression_{side}"]] = sign * np.degrees(rel)
+        np.testing.assert_array_equal(
+            fp[..., k], want[..., ANGLE_INDEX[f"foot_progression_{side}"]]
+        )
+    np.testing.assert_array_equal(angles_from_rotations(R, heading), want)
+    np.testing.assert_array_equal(angles_from_rotations(R[1, 2], heading[1, 2]), want[1, 2])

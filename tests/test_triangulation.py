@@ -86,3 +86,68 @@ def test_too_few_views_and_masked_cameras(points: np.ndarray) -> None:
         triangulate_keypoints(cams[:2], det)
     with pytest.raises(ValueError, match="projection matrices"):
         triangulate(projection_matrices(cams[:2]), det[..., :2], det[..., 2])
+
+
+def _one_view_at_a_time(P, uv, w, outlier_px):
+    """The outlier pass written plainly: one DLT per view left out (what `triangulate` does
+    in one batched solve)."""
+    from fusion.triangulation import _solve_and_score
+
+    N, C, J, _ = uv.shape
+    w = np.where(np.isfinite(uv).all(axis=-1) & (w > 0), w, 0.0)
+    uvm = np.where(w[..., None] > 0, uv, 0.0).transpose(0, 2, 1, 3).reshape(N * J, C, 2)
+    wm = w.transpose(0, 2, 1).reshape(N * J, C)
+    used = wm > 0
+    X = np.full((N * J, 3), np.nan)
+    todo = np.flatnonzero(used.sum(axis=1) >= 2)
+    X[todo], _, e_all = _solve_and_score(P, uvm[todo], wm[todo], used[todo])
+    e = e_all
+    while len(todo):
+        worst = np.nanmax(np.where(np.isfinite(e), e, -1.0), axis=1)
+        keep = (used[todo].sum(axis=1) >= 3) & (worst > outlier_px)
+        todo = todo[keep]
+        if not len(todo):
+            break
+        best_err, best_X = np.full(len(todo), np.inf), X[todo].copy()
+        best_used, best_e = used[todo].copy(), np.full((len(todo), C), np.nan)
+        for c in range(C):
+            trial = used[todo].copy()
+            can = trial[:, c].copy()
+            trial[:, c] = False
+            Xc, ec, Ec = _solve_and_score(P, uvm[todo], wm[todo], trial)
+            better = can & (ec < best_err)
+            best_err = np.where(better, ec, best_err)
+            best_X[better], best_used[better], best_e[better] = (
+                Xc[better],
+                trial[better],
+                Ec[better],
+            )
+        changed = (best_used != used[todo]).any(axis=1)
+        X[todo], used[todo] = best_X, best_used
+        todo, e = todo[changed], best_e[changed]
+    return X.reshape(N, J, 3), used.sum(axis=1).reshape(N, J)
+
+
+def test_outlier_pass_and_frame_batches_change_no_number(points: np.ndarray) -> None:
+    """Many mis-detections: the batched outlier pass gives the one-view-at-a-time numbers,
+    and triangulating frames together gives the frame-by-frame numbers, bit for bit (the
+    live estimator triangulates all its subjects' frames in one call)."""
+    cams = default_rig(4)
+    rng = np.random.default_rng(2)
+    det = _detections(cams, points)
+    det[..., :2] += rng.normal(0, 2.0, det[..., :2].shape)
+    bad = rng.random(det.shape[:3]) < 0.15
+    det[bad, :2] += rng.normal(0, 120.0, (int(bad.sum()), 2))
+    det[..., 2] = rng.uniform(0.2, 1.0, det.shape[:3])
+    P = projection_matrices(cams)
+    tri = triangulate(P, det[..., :2], det[..., 2], outlier_px=10.0)
+    X, n = _one_view_at_a_time(P, det[..., :2], det[..., 2], 10.0)
+    assert (tri.n_views < 4).sum() > 50  # the pass dropped views
+    np.testing.assert_array_equal(tri.points, X)
+    np.testing.assert_array_equal(tri.n_views, n)
+    mask = rng.random(det.shape[:2]) > 0.1
+    together = triangulate_keypoints(cams, det, mask, outlier_px=10.0)
+    for a in range(0, len(det), 7):
+        part = triangulate_keypoints(cams, det[a : a + 7], mask[a : a + 7], outlier_px=10.0)
+        np.testing.assert_array_equal(part.points, together.points[a : a + 7])
+        np.testing.assert_array_equal(part.error_px, together.error_px[a : a + 7])

@@ -2,15 +2,20 @@
 
 `NeuralEstimator` keeps every subject's streaming cache (fusion.nn.models.GaitNet.step: conv
 histories, per-layer keys/values of the last window-1 frames, a frame count) as one row of a
-batch-indexable cache. A call of `update_many` normalises each subject's new ticks
-(fusion.nn.features.normalise_inputs, strictly per frame), then for tick index i gathers the
-rows of the subjects that have an i-th tick, runs ONE `step` for all of them and scatters the
-new caches back. A subject that appears gets a zero cache (frame count 0); `reset` frees its
-row. The output of frame n describes frame n - lookahead, so a subject's first `lookahead`
-ticks return nothing and the answer carries the time of the tick it describes.
+batch-indexable cache that holds exactly the subjects in use (numpy arrays for ONNX Runtime,
+torch tensors otherwise). A call of `update_many` normalises all subjects' new ticks at once
+(fusion.nn.features.normalise_inputs_np, strictly per frame, bit for bit normalise_inputs),
+then for tick index i runs ONE `step` for the subjects that have an i-th tick, in the call's
+order. In the steady state (every subject one tick per call) that is the whole cache: it goes
+in as it is and the step's new cache replaces it (rows renumbered to the call's order), with no
+gather or scatter; otherwise the rows are gathered and written back. A subject that appears
+gets a zero cache row (frame count 0) at the end; `reset` removes its row. The output of frame
+n describes frame n - lookahead, so a subject's first `lookahead` ticks return nothing and the
+answer carries the time of the tick it describes. Angles for all subjects come from one call.
 
 Video input: `batch.joints3d` when the batch has it, else the 2-D keypoints triangulated with
-the cameras the factory got (fusion.triangulation, as the classical video estimator does).
+the cameras the factory got (fusion.triangulation, as the classical video estimator does; all
+subjects' frames in one call).
 
 Back-ends for `step`: torch, or ONNX Runtime on a graph exported with the caches as inputs and
 outputs (batch axis dynamic). `backend="auto"` uses ONNX Runtime on the CPU whenever its graph
@@ -27,6 +32,7 @@ read or loaded, or that fails the check, is exported again with a log line namin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -117,9 +123,10 @@ class NeuralEstimator(Estimator):
         # 6.5 ms p50 with one core busy elsewhere), so one thread unless told otherwise
         self.threads = int(threads or 1)
         self._keys = list(self.model.init_state(1))
-        self._cache: dict[str, torch.Tensor] = self.model.init_state(0)
-        self._rows: dict[str, int] = {}
-        self._free: list[int] = []
+        # one cache row per subject in use, in `_order` (numpy arrays for ONNX, else torch)
+        self._cache: dict[str, Any] = {}
+        self._order: list[str] = []
+        self._rows: dict[str, int] = {}  # subject -> its index in _order
         self._times: dict[str, np.ndarray] = {}  # last lookahead+1 tick times per subject
         self._onnx: OnnxStep | None = None
         self.onnx_cache = bool(onnx_cache)
@@ -129,6 +136,7 @@ class NeuralEstimator(Estimator):
         t0 = time.perf_counter()
         self.backend = self._choose_backend(backend)
         self.backend_s = time.perf_counter() - t0
+        self._cache = self._fresh(0)
 
     # -- back-end ----------------------------------------------------------------------------
     def _choose_backend(self, want: str) -> str:
@@ -261,68 +269,62 @@ class NeuralEstimator(Estimator):
         if dev != self.device:
             self.device = dev
             self.model.to(dev)
-            self._cache = {k: v.to(dev) for k, v in self._cache.items()}
             if dev != "cpu":
                 self.backend, self._onnx = "torch", None
+            self._cache = {k: self._as_cache(v) for k, v in self._cache.items()}
         return self
 
     def reset(self, subject: str | None = None) -> None:
         if subject is None:
-            self._cache = self.model.init_state(0)
+            self._cache = self._fresh(0)
+            self._order.clear()
             self._rows.clear()
-            self._free.clear()
             self._times.clear()
             return
         row = self._rows.pop(subject, None)
         self._times.pop(subject, None)
-        if row is not None:
-            self._free.append(row)
+        if row is not None:  # drop its row: the cache holds exactly the subjects in use
+            del self._order[row]
+            self._rows = {s: i for i, s in enumerate(self._order)}
+            keep = np.delete(np.arange(len(self._order) + 1), row)
+            self._cache = {k: self._take(v, keep) for k, v in self._cache.items()}
 
     def update(self, subject: str, batch: SyncedBatch) -> AnglesResult:
         return self.update_many({subject: batch})[subject]
 
     def update_many(self, batches: dict[str, SyncedBatch]) -> dict[str, AnglesResult]:
-        from fusion.nn.features import angles_from_output, normalise_inputs
+        from fusion.nn.features import angles_from_output
 
         subjects = [s for s, b in batches.items() if len(b)]
         out = {s: AnglesResult.empty() for s in batches}
         if not subjects:
             return out
-        inputs = {}
-        for s in subjects:
-            b = batches[s]
-            joints, jmask = self._video(s, b)
-            x = normalise_inputs(b.imu, b.imu_mask, joints, jmask)
-            inputs[s] = [torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for v in x]
-        rows = np.array([self._row(s) for s in subjects])
         lens = np.array([len(batches[s]) for s in subjects])
-        rot: dict[str, list[torch.Tensor]] = {s: [] for s in subjects}
+        start = np.concatenate([[0], np.cumsum(lens)[:-1]])  # subject's first frame in x
+        x = self._inputs(subjects, batches)  # every subject's frames, one after the other
+        for s in subjects:
+            self._row(s)
+        rot = np.empty((int(lens.sum()), len(SEGMENTS), 6), np.float32)
         for i in range(int(lens.max())):
             act = np.flatnonzero(lens > i)
-            idx = torch.as_tensor(rows[act], device=self.device)
-            sub = {k: v.index_select(0, idx) for k, v in self._cache.items()}
-            x = [torch.stack([inputs[subjects[a]][j][i] for a in act]) for j in range(4)]
-            r, new = self._run_step(sub, x, self.backend)
-            for k, v in new.items():
-                self._cache[k].index_copy_(0, idx, v.to(self._cache[k].dtype))
-            for n, a in enumerate(act):
-                rot[subjects[a]].append(r[n])
+            at = start[act] + i  # this tick's frames; the step's batch is in `subjects` order
+            xi = x if len(at) == len(rot) else [v[at] for v in x]
+            rot[at] = self._step_rows([subjects[a] for a in act], xi)
         # angles for every subject's answered ticks in one call
-        stacks, spans = [], []
-        for s in subjects:
-            b = batches[s]
-            t_all = np.concatenate([self._times.get(s, np.zeros(0)), np.asarray(b.t, float)])
-            L = self.lookahead
-            n_old = len(t_all) - len(b)
+        picks, spans = [], []
+        L = self.lookahead
+        for s, n, a in zip(subjects, lens, start, strict=True):
+            t_all = np.concatenate([self._times.get(s, _NO_TIMES), np.asarray(batches[s].t, float)])
+            n_old = len(t_all) - n
             # frames described: new tick k (overall index n_old+k) describes t_all[n_old+k-L]
             first = max(0, L - n_old)
-            desc = t_all[n_old + first - L : len(t_all) - L] if len(b) > first else np.zeros(0)
             self._times[s] = t_all[-(L + 1) :] if L else t_all[-1:]
-            if len(desc):
-                stacks.append(torch.stack(rot[s][first:]).float().cpu())
-                spans.append((s, desc))
-        if stacks:
-            ang = angles_from_output(torch.cat(stacks).numpy())
+            if n > first:
+                picks.append(np.arange(a + first, a + n))
+                spans.append((s, t_all[n_old + first - L : len(t_all) - L]))
+        if picks:
+            sel = np.concatenate(picks)
+            ang = angles_from_output(rot if len(sel) == len(rot) else rot[sel])
             a = 0
             for s, desc in spans:
                 out[s] = AnglesResult(t=desc.copy(), angles=ang[a : a + len(desc)])
@@ -330,53 +332,148 @@ class NeuralEstimator(Estimator):
         return out
 
     # -- helpers -----------------------------------------------------------------------------
+    def _inputs(self, subjects: list[str], batches: dict[str, SyncedBatch]) -> list[np.ndarray]:
+        """Normalised model inputs of every subject's frames, concatenated in `subjects` order
+        (one normalisation and one triangulation for the whole call; both are per frame)."""
+        from fusion.nn.features import normalise_inputs_np
+
+        bs = [batches[s] for s in subjects]
+        joints, jmask = self._video(subjects, bs)
+        imu = bs[0].imu if len(bs) == 1 else np.concatenate([b.imu for b in bs])
+        imu_mask = bs[0].imu_mask if len(bs) == 1 else np.concatenate([b.imu_mask for b in bs])
+        return list(normalise_inputs_np(imu, imu_mask, joints, jmask))
+
+    def _step_rows(self, act: list[str], x: list[np.ndarray]) -> np.ndarray:
+        """One step for the subjects `act` (batch rows in that order) → rot6d (B, 13, 6).
+
+        When `act` is every subject the step's new caches become the cache as they are (rows
+        renumbered to `act`'s order): no gather when the order is unchanged, and no scatter.
+        Otherwise the subjects' rows are gathered and the new ones written back."""
+        rows = np.array([self._rows[s] for s in act])
+        everyone = len(act) == len(self._order)
+        if everyone and (rows == np.arange(len(rows))).all():
+            sub = self._cache
+        else:
+            sub = {k: self._take(v, rows) for k, v in self._cache.items()}
+        if self.backend == "onnx":
+            r, new = self._onnx(sub, x)
+        else:
+            xt = [torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for v in x]
+            with torch.inference_mode():
+                o, new = self.model.step(sub, *xt)
+            r = o["rot6d"].float().cpu().numpy()
+        # torch caches from a step are inference tensors: written to in inference mode only
+        with torch.inference_mode() if self.backend != "onnx" else contextlib.nullcontext():
+            if everyone:
+                self._cache = {k: self._cast(v, self._cache[k]) for k, v in new.items()}
+                self._order = list(act)
+                self._rows = {s: i for i, s in enumerate(act)}
+            else:
+                for k, v in new.items():
+                    self._put(self._cache[k], rows, self._cast(v, self._cache[k]))
+        return r
+
+    def _as_cache(self, v: Any) -> Any:
+        """A cache tensor in the form the back-end wants: numpy for ONNX, else torch on the
+        device."""
+        if self.backend == "onnx":
+            return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+        t = torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+        return t.to(self.device)
+
+    def _fresh(self, n: int) -> dict[str, Any]:
+        """Zero caches for n new subjects (frame count 0) in the back-end's form."""
+        return {k: self._as_cache(v) for k, v in self.model.init_state(n).items()}
+
+    def _take(self, v: Any, rows: np.ndarray) -> Any:
+        if isinstance(v, np.ndarray):
+            return v[rows]
+        return v.index_select(0, torch.as_tensor(rows, device=v.device))
+
+    @staticmethod
+    def _put(v: Any, rows: np.ndarray, new: Any) -> None:
+        if isinstance(v, np.ndarray):
+            v[rows] = new
+        else:
+            v.index_copy_(0, torch.as_tensor(rows, device=v.device), new)
+
+    @staticmethod
+    def _cast(new: Any, like: Any) -> Any:
+        if new.dtype == like.dtype:
+            return new
+        return new.astype(like.dtype) if isinstance(new, np.ndarray) else new.to(like.dtype)
+
     def _row(self, subject: str) -> int:
-        """The subject's cache row (a new subject gets a zeroed one, growing the cache)."""
+        """The subject's cache row (a new subject gets a zeroed one at the end)."""
         row = self._rows.get(subject)
         if row is not None:
             return row
-        if self._free:
-            row = self._free.pop()
-            fresh = self.model.init_state(1)
-            for k, v in fresh.items():
-                self._cache[k][row] = v[0].to(self._cache[k].dtype)
-        else:
-            row = len(self._rows) + len(self._free)
-            if row >= self._cache["n"].shape[0]:
-                grow = max(4, row)  # double (amortised)
-                fresh = self.model.init_state(grow)
-                self._cache = {k: torch.cat([v, fresh[k]]) for k, v in self._cache.items()}
+        row = len(self._order)
+        fresh = self._fresh(1)
+        cat = np.concatenate if self.backend == "onnx" else torch.cat
+        self._cache = {k: cat([v, fresh[k]]) for k, v in self._cache.items()}
+        self._order.append(subject)
         self._rows[subject] = row
         return row
 
-    def _video(self, subject: str, b: SyncedBatch) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 17, 3) joint centres and mask: given, triangulated, or all missing."""
-        n = len(b)
+    def _video(self, subjects: list[str], bs: list[SyncedBatch]) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 17, 3) joint centres and mask of every subject's frames, concatenated: given,
+        triangulated (all subjects' 2-D keypoints in one call), or all missing."""
+        n = sum(len(b) for b in bs)
         if "video" not in self.modalities:
             return np.zeros((n, len(KEYPOINTS), 3), np.float32), np.zeros((n, len(KEYPOINTS)), bool)
-        if b.joints3d is not None:
-            return b.joints3d, b.joints3d_mask
-        if b.keypoints.shape[1] == 0 or not b.keypoint_mask.any():
-            return np.zeros((n, len(KEYPOINTS), 3), np.float32), np.zeros((n, len(KEYPOINTS)), bool)
-        if self._P is None:
-            raise ValueError(
-                f"estimator {self.name}, subject {subject}: the batch has 2-D keypoints but no "
-                "3-D joints, and the estimator was built without >= 2 calibrated cameras"
+        parts: list[tuple[np.ndarray, np.ndarray] | None] = []
+        tri_kp, tri_mask = [], []
+        for s, b in zip(subjects, bs, strict=True):
+            if b.joints3d is not None:
+                parts.append((b.joints3d, b.joints3d_mask))
+                continue
+            if b.keypoints.shape[1] == 0 or not b.keypoint_mask.any():
+                m = len(b)
+                parts.append(
+                    (
+                        np.zeros((m, len(KEYPOINTS), 3), np.float32),
+                        np.zeros((m, len(KEYPOINTS)), bool),
+                    )
+                )
+                continue
+            if self._P is None:
+                raise ValueError(
+                    f"estimator {self.name}, subject {s}: the batch has 2-D keypoints but no "
+                    "3-D joints, and the estimator was built without >= 2 calibrated cameras"
+                )
+            if b.keypoints.shape[1] != len(self.cameras):
+                raise ValueError(
+                    f"estimator {self.name}, subject {s}: {b.keypoints.shape[1]} camera views "
+                    f"in the batch, the estimator was built with {len(self.cameras)} cameras"
+                )
+            parts.append(None)  # triangulated below, with the other subjects'
+            tri_kp.append(b.keypoints)
+            tri_mask.append(b.keypoint_mask)
+        if tri_kp:
+            tri = triangulate_keypoints(
+                self.cameras,
+                tri_kp[0] if len(tri_kp) == 1 else np.concatenate(tri_kp),
+                tri_mask[0] if len(tri_mask) == 1 else np.concatenate(tri_mask),
+                self.min_confidence,
+                self.outlier_px,
+                P=self._P,
             )
-        if b.keypoints.shape[1] != len(self.cameras):
-            raise ValueError(
-                f"estimator {self.name}, subject {subject}: {b.keypoints.shape[1]} camera views "
-                f"in the batch, the estimator was built with {len(self.cameras)} cameras"
-            )
-        tri = triangulate_keypoints(
-            self.cameras,
-            b.keypoints,
-            b.keypoint_mask,
-            self.min_confidence,
-            self.outlier_px,
-            P=self._P,
+            pts, ok = tri.points, np.isfinite(tri.points).all(axis=-1)
+            a = 0
+            for k, b in enumerate(bs):
+                if parts[k] is None:
+                    parts[k] = (pts[a : a + len(b)], ok[a : a + len(b)])
+                    a += len(b)
+        if len(parts) == 1:
+            return parts[0]  # type: ignore[return-value]
+        return (
+            np.concatenate([p[0] for p in parts]),  # type: ignore[index]
+            np.concatenate([p[1] for p in parts]),  # type: ignore[index]
         )
-        return tri.points, np.isfinite(tri.points).all(axis=-1)
+
+
+_NO_TIMES = np.zeros(0)
 
 
 def _random_inputs(B: int, g: torch.Generator) -> list[torch.Tensor]:

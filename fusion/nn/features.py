@@ -35,6 +35,7 @@ __all__ = [
     "heading_free_rotations",
     "matrix_to_rot6d",
     "normalise_inputs",
+    "normalise_inputs_np",
     "rot6d_to_matrix",
 ]
 
@@ -114,6 +115,52 @@ def _normalise_torch(
     j = torch.stack([xr, yr, z], dim=-1) / JOINT_SCALE
     joints_mask = joints_mask & hips_ok[..., None]
     j = torch.where(joints_mask[..., None], j, torch.zeros_like(j)).clamp(-_CLIP, _CLIP)
+    return imu, imu_mask, j, joints_mask
+
+
+_SCALE_NP = np.array([GYRO_SCALE] * 3 + [ACC_SCALE] * 3, np.float32)
+_UP_NP = np.array([0.0, 1.0], np.float32)
+
+
+def normalise_inputs_np(
+    imu: np.ndarray, imu_mask: np.ndarray, joints: np.ndarray, joints_mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`normalise_inputs` for numpy arrays, bit for bit, without the ~40 small torch ops (the
+    live estimator calls it every tick: 4x cheaper for one frame). The same float32 steps in
+    the same order; the only reduction, the length of the facing vector, is torch's own
+    `vector_norm` (numpy's sum of squares rounds differently: torch fuses a multiply-add).
+    tests/test_neural_estimator.py checks it against `normalise_inputs` bit for bit."""
+    _check("imu", imu, (len(SEGMENTS), 6))
+    _check("imu_mask", imu_mask, (len(SEGMENTS),))
+    _check("joints", joints, (len(KEYPOINTS), 3))
+    _check("joints_mask", joints_mask, (len(KEYPOINTS),))
+    imu = np.asarray(imu, np.float32)
+    joints = np.asarray(joints, np.float32)
+    imu_mask = np.asarray(imu_mask, bool) & np.isfinite(imu).all(-1)
+    joints_mask = np.asarray(joints_mask, bool) & np.isfinite(joints).all(-1)
+    zero = np.float32(0.0)
+    imu = np.where(imu_mask[..., None], imu, zero) / _SCALE_NP
+    np.clip(imu, -_CLIP, _CLIP, out=imu)
+
+    j = np.where(joints_mask[..., None], joints, zero)
+    hips_ok = joints_mask[..., _HIP_L] & joints_mask[..., _HIP_R]
+    root = np.float32(0.5) * (j[..., _HIP_L, :] + j[..., _HIP_R, :])
+    j = j - root[..., None, :]
+    lat = j[..., _HIP_L, :2] - j[..., _HIP_R, :2]
+    sh_ok = (joints_mask[..., _SH_L] & joints_mask[..., _SH_R])[..., None]
+    lat = lat + np.where(sh_ok, j[..., _SH_L, :2] - j[..., _SH_R, :2], zero)
+    norm = torch.linalg.vector_norm(torch.from_numpy(lat), dim=-1, keepdim=True).numpy()
+    big = norm > 1e-6
+    lat = np.where(big, lat / np.maximum(norm, np.float32(1e-6)), zero)
+    lat = lat + np.where(big, zero, np.float32(1.0)) * _UP_NP
+    ly, lx = lat[..., 1:2], lat[..., 0:1]
+    x, y, z = j[..., 0], j[..., 1], j[..., 2]
+    xr = ly * x - lx * y
+    yr = lx * x + ly * y
+    j = np.stack([xr, yr, z], axis=-1) / np.float32(JOINT_SCALE)
+    joints_mask = joints_mask & hips_ok[..., None]
+    j = np.where(joints_mask[..., None], j, zero)
+    np.clip(j, -_CLIP, _CLIP, out=j)
     return imu, imu_mask, j, joints_mask
 
 
