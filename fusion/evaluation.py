@@ -28,6 +28,10 @@ What `gait-stream evaluate` runs and reports (docs/evaluation.md holds a committ
   camera missing (video triangulated from the rest, beside the all-camera triangulation), no
   IMU at all, no video at all.
 
+Models are named as the estimator registry names them, or `LABEL=PATH` for a neural model
+file under a label of its own (`model_spec`), so that a candidate is scored beside the
+shipped weights on the same clips in one run.
+
 Work is split in units of a few clips over `workers` processes (spawned; one BLAS and one
 torch thread each): a unit generates its clips, runs every estimator and returns sums of
 squared errors, so the parent only adds them up.
@@ -41,6 +45,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,6 +78,7 @@ __all__ = [
     "batch_from_sequence",
     "cameras_from_sequence",
     "evaluate",
+    "model_spec",
     "plot_noise",
     "run_unit",
     "score_angles",
@@ -214,11 +220,36 @@ def batch_from_sequence(
 
 
 # -- estimators --------------------------------------------------------------------------------
+def model_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """A model as `evaluate` takes it → (label, options for `create_estimator`).
+
+    "NAME" is a registered estimator or an alias here (no options); "LABEL=PATH" is the
+    neural model file PATH (VideoNet, IMUNet or FusionNet, the kind read from the file)
+    reported as LABEL. ValueError naming the spec or file when it cannot be used."""
+    if "=" not in spec:
+        return spec, {}
+    label, path = (x.strip() for x in spec.split("=", 1))
+    if not label.isidentifier():
+        raise ValueError(f"model {spec!r}: label {label!r} must be a plain name (LABEL=PATH)")
+    if not path:
+        raise ValueError(f"model {spec!r}: no model file after '='")
+    from fusion.nn.checkpoint import load_model
+
+    try:
+        _, cfg, _ = load_model(Path(path))
+    except FileNotFoundError as e:
+        raise ValueError(f"model {spec!r}: {e}") from None
+    return label, {"estimator": cfg.kind, "weights": path}
+
+
 def create_estimator(name: str, cameras: Sequence[Any] | None, **options: Any) -> Estimator:
-    """An estimator by name (registry, neural modules imported on demand, the aliases here)."""
+    """An estimator by name (registry, neural modules imported on demand, the aliases here);
+    options["estimator"] (from `model_spec`) names the registered estimator behind a label."""
     from fusion.estimators import registry
 
     base, opts = _ALIASES.get(name, (name, {}))
+    options = dict(options)
+    base = options.pop("estimator", base)
     return registry.create(base, cameras, **{**opts, **options})
 
 
@@ -448,9 +479,19 @@ def evaluate(
     options: dict[str, dict[str, Any]] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the plan; the report (JSON-ready dict, shape in docs/evaluation.md)."""
+    """Run the plan; the report (JSON-ready dict, shape in docs/evaluation.md). `models`
+    may hold "LABEL=PATH" model files (`model_spec`); `options` are keyed by label."""
     plan = plan or EvalPlan()
-    options = options or {}
+    options = dict(options or {})
+    labels: list[str] = []
+    for spec in models:
+        label, opts = model_spec(spec)
+        if label in labels:
+            raise ValueError(f"model {label!r} is named twice")
+        labels.append(label)
+        if opts:
+            options[label] = {**opts, **options.get(label, {})}
+    models = tuple(labels)
     t_start = time.perf_counter()
     status = {m: model_status(m, **options.get(m, {})) for m in models}
     ready = [m for m in models if status[m]["status"] == "ok"]

@@ -90,3 +90,38 @@ def test_conditions_and_scores() -> None:
     pred[2] = np.nan
     s = score_angles(pred, truth, np.zeros(3, int), np.ones(3, bool))
     assert s["n"][-1][0] == 2 and s["sse"][-1][0] == pytest.approx(200.0)
+
+
+def test_a_model_file_is_scored_under_its_label(tmp_path) -> None:
+    """LABEL=PATH scores a neural model file beside the shipped one on the same clips: a copy
+    of the shipped IMUNet gives the same numbers, and bad specs name what is wrong."""
+    import shutil
+
+    from fusion.evaluation import model_spec
+    from fusion.nn.checkpoint import resolve
+
+    copy = tmp_path / "candidate.pt"
+    shutil.copyfile(resolve("imunet"), copy)
+    assert model_spec(f"cand={copy}") == ("cand", {"estimator": "imunet", "weights": str(copy)})
+    assert model_spec("classical") == ("classical", {})
+    plan = EvalPlan(
+        seeds_main=1,
+        duration=3.0,
+        activities=(),
+        pathologies=(),
+        misplacement_deg=(0.0,),
+        joint_noise_mm=(),
+        seeds_noise=0,
+        robustness=("none",),
+        seeds_robustness=0,
+    )
+    rep = evaluate(("imunet", f"cand={copy}"), plan, workers=1)
+    a, b = rep["models"]["imunet"], rep["models"]["cand"]
+    assert b["status"] == "ok" and np.isfinite(a["rmse_deg"]["lower"])
+    assert b["rmse_deg"]["lower"] == pytest.approx(a["rmse_deg"]["lower"], abs=1e-9)
+    with pytest.raises(ValueError, match=r"nothere\.pt"):
+        evaluate((f"cand={tmp_path / 'nothere.pt'}",), plan, workers=1)
+    with pytest.raises(ValueError, match="plain name"):
+        model_spec(f"a b={copy}")
+    with pytest.raises(ValueError, match="named twice"):
+        evaluate(("imunet", f"imunet={copy}"), plan, workers=1)

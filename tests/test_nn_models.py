@@ -102,6 +102,64 @@ def test_step_equals_forward(kind: str) -> None:
                 torch.testing.assert_close(out[k], full[k][:, t], atol=1e-4, rtol=1e-4)
 
 
+def test_head_start_fusionnet_streams_like_forward() -> None:
+    """fusion_start="head" (refinement from a head, as IMUNet): step() still equals forward()."""
+    m = _randomised("fusionnet", fusion_start="head")
+    assert m.main.heads.rot0 is not None
+    B, T = 2, 13
+    x = _inputs(B, T)
+    with torch.no_grad():
+        full = m(*x)
+        state = m.init_state(B)
+        for t in range(T):
+            out, state = m.step(state, *(v[:, t] for v in x))
+            torch.testing.assert_close(out["rot6d"], full["rot6d"][:, t], atol=1e-4, rtol=1e-4)
+
+
+def test_imu_warm_start_gives_imunet_then_video_can_join() -> None:
+    """load_imu_branch: a head-start FusionNet gives exactly the IMUNet's output whatever the
+    video says; once its fusion weights move, the video reaches the output."""
+    imunet = _randomised("imunet", seed=5)
+    torch.manual_seed(0)
+    f = build_model(ModelConfig(kind="fusionnet", fusion_start="head", **SMALL)).eval()
+    f.load_video_branch(_randomised("videonet", seed=6))
+    f.load_imu_branch(imunet)
+    imu, im, j, jm = _inputs(2, 12)
+    with torch.no_grad():
+        want = imunet(imu, im, j, jm)
+        got = f(imu, im, j, jm)
+        for k in ("rot6d", "body", "joints"):
+            torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-5)
+        other = f(imu, im, 3 * torch.randn_like(j), torch.ones_like(jm))["rot6d"]
+        torch.testing.assert_close(other, want["rot6d"], atol=1e-5, rtol=1e-5)
+        n_imu = 13 * SMALL["width"]
+        f.pool_fused.weight[:, n_imu:].normal_(0.0, 0.1)  # what training would do
+        assert (f(imu, im, j, jm)["rot6d"] - want["rot6d"]).abs().max() > 1e-3
+    warm = f.warm_started_parameters(video=True, imu=True)
+    assert "enc_imu.ident" in warm and "video.heads.rot0.weight" in warm
+    assert not any(k.startswith(("pool_fused", "cross_")) for k in warm)
+    # a video-start FusionNet takes the same IMU side (IMUNet's start head has no place)
+    fv = build_model(ModelConfig(kind="fusionnet", **SMALL))
+    fv.load_imu_branch(imunet)
+    torch.testing.assert_close(fv.enc_imu.ident, imunet.enc_imu.ident)
+
+
+def test_imu_warm_start_rejects_other_models() -> None:
+    f = build_model(ModelConfig(kind="fusionnet", fusion_start="head", **SMALL))
+    with pytest.raises(ValueError, match="needs a fusionnet and an imunet"):
+        f.load_imu_branch(_randomised("videonet"))
+    with pytest.raises(ValueError, match="does not fit"):
+        f.load_imu_branch(_randomised("imunet", width=8))
+    with pytest.raises(ValueError, match="fusion_start"):
+        ModelConfig(kind="fusionnet", fusion_start="imu")
+    # files written before fusion_start existed read as the video start
+    old = {k: v for k, v in ModelConfig(kind="fusionnet").to_dict().items() if k != "fusion_start"}
+    assert ModelConfig.from_dict(old).fusion_start == "video"
+    head = ModelConfig(kind="fusionnet", fusion_start="head")
+    assert head.imu_branch() == ModelConfig(kind="imunet")
+    assert head.video_branch() == ModelConfig(kind="videonet")
+
+
 def test_window_start_does_not_matter() -> None:
     """The banded attention: a frame's output depends on the last `window` frames (plus the
     conv history) only, not on where the sequence started."""

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.nn.checkpoint import load_model
+from fusion.nn.checkpoint import load_model, save_model
 from fusion.nn.models import ModelConfig, build_model
 from fusion.nn.train import (
     PRESETS,
     Batcher,
     build_pool,
+    evaluate_model,
     geodesic,
     losses,
     sequence_params_for,
@@ -113,3 +114,62 @@ def test_geodesic_is_the_rotation_angle() -> None:
     R[:, 0, 0], R[:, 0, 1], R[:, 1, 0], R[:, 1, 1], R[:, 2, 2] = c, -s, s, c, 1.0
     I3 = torch.eye(3).expand(4, 3, 3)
     torch.testing.assert_close(geodesic(R, I3), a, atol=1e-3, rtol=0)
+
+
+def test_init_imu_copies_the_imunet_and_rejects_a_mismatched_file(trained: dict, tmp_path) -> None:
+    """--init-imu: before any step the FusionNet holds the IMUNet's IMU side and scores the
+    IMUNet's validation error exactly (its video columns start at zero); the copied weights
+    train at warm_lr_scale. A file of another kind or shape is refused, naming the file."""
+    imu_file = trained["summary"]["path"]
+    imunet, _, imu_meta = load_model(imu_file)
+    kw = {"pool_cache": trained["cache"], "workers": 1, "progress_bar": False}
+    s = train("fusionnet", replace(FAST, max_steps=0), tmp_path / "f", init_imu=imu_file, **kw)
+    fus, cfg, meta = load_model(s["path"])
+    assert cfg.fusion_start == "head" and meta["warm_start"] == {"init-imu": str(imu_file)}
+    src = imunet.state_dict()
+    for k, v in fus.state_dict().items():
+        if k.startswith(("enc_imu.", "main.")):
+            torch.testing.assert_close(v, src[k], rtol=0, atol=0)
+    assert s["history"][0]["step"] == 0
+    assert s["history"][0]["val_lower_rmse_deg"] == pytest.approx(
+        imu_meta["validation"]["lower_rmse_deg"], abs=2e-3
+    )
+    groups = torch.load(tmp_path / "f" / "last.pt", weights_only=False)["optimizer"]
+    assert [g["lr_scale"] for g in groups["param_groups"]] == [1.0, FAST.warm_lr_scale]
+    # no video: validation with the joints masked gives the same (the IMU side alone)
+    assert s["history"][0]["val_no_video_lower_rmse_deg"] == pytest.approx(
+        s["history"][0]["val_lower_rmse_deg"], abs=1e-3
+    )
+    # resuming needs no warm-start flags (the start and the learning-rate groups are kept)
+    more = train(
+        "fusionnet",
+        replace(FAST, max_steps=2),
+        tmp_path / "f",
+        resume=tmp_path / "f" / "last.pt",
+        **kw,
+    )
+    assert more["steps"] == 2
+    # mismatched files
+    other = build_model(ModelConfig(kind="imunet", **{**FAST.model, "width": 8}))
+    narrow = save_model(tmp_path / "narrow_imunet.pt", other, other.cfg)
+    with pytest.raises(ValueError, match=r"--init-imu .*narrow_imunet\.pt.*width"):
+        train("fusionnet", replace(FAST, max_steps=0), tmp_path / "g", init_imu=narrow, **kw)
+    with pytest.raises(ValueError, match=r"--init-video .*imunet\.pt.*kind"):
+        train("fusionnet", replace(FAST, max_steps=0), tmp_path / "g", init_video=imu_file, **kw)
+    with pytest.raises(ValueError, match="only apply to fusionnet"):
+        train("imunet", FAST, tmp_path / "g", init_imu=imu_file, **kw)
+
+
+def test_evaluate_model_can_drop_a_modality(trained: dict) -> None:
+    model, _, _ = load_model(trained["summary"]["path"])  # an IMUNet: needs its IMUs
+    pool = build_pool(
+        train_seeds(FAST)[:1],
+        lambda s: sequence_params_for(s, 0, FAST.sequence_seconds),
+        workers=1,
+        cache=trained["cache"].with_name("one.npz"),
+    )
+    full = evaluate_model(model, pool, warmup=4)["lower_rmse_deg"]
+    assert evaluate_model(model, pool, warmup=4, drop="video")["lower_rmse_deg"] == full
+    assert evaluate_model(model, pool, warmup=4, drop="imu")["lower_rmse_deg"] != full
+    with pytest.raises(ValueError, match="drop"):
+        evaluate_model(model, pool, drop="camera")

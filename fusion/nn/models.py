@@ -13,7 +13,11 @@ One class, `GaitNet`, builds all three from a `ModelConfig`:
   learned relative-position bias, so the output never depends on where a window starts);
 - iterative residual regression of the 6-D rotations (Zhou et al.): `iterations` refinement
   steps; FusionNet starts them from the estimate of its own VideoNet branch (which has
-  exactly VideoNet's layout, so it can be warm-started from VideoNet weights).
+  exactly VideoNet's layout, so it can be warm-started from VideoNet weights), or, with
+  `fusion_start="head"`, from a linear head on the fused features as IMUNet does (then its
+  IMU encoder, temporal layers and heads have exactly IMUNet's layout: `load_imu_branch`
+  warm-starts them so that the fresh FusionNet gives IMUNet's output, and training can only
+  add what the video brings).
 
 Outputs: "rot6d" (B, T, 13, 6) segment orientations in the heading-free frame
 (fusion.nn.features), "body" (B, T, len(BODY_FIELDS)) per-frame body-size estimates (average
@@ -43,6 +47,7 @@ from fusion.synth import BODY_FIELDS
 __all__ = ["KINDS", "GaitNet", "ModelConfig", "build_model"]
 
 KINDS: tuple[str, ...] = ("videonet", "imunet", "fusionnet")
+FUSION_STARTS: tuple[str, ...] = ("video", "head")
 N_SEG, N_KP, N_BODY = len(SEGMENTS), len(KEYPOINTS), len(BODY_FIELDS)
 _IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 _BODY_MEAN = (1.725,) + (1.0,) * (N_BODY - 1)  # m, then the shape factors
@@ -65,6 +70,8 @@ class ModelConfig:
     spatial_layers: int = 1  # token self-attention layers per frame
     time_width: int = 64  # width of the frame vector the temporal layers work on
     ff_mult: int = 2  # feed-forward width = ff_mult × model width
+    # FusionNet: refinement starts from its video branch ("video") or a head ("head")
+    fusion_start: str = "video"
 
     def __post_init__(self) -> None:
         self.conv_kernels = tuple(int(k) for k in self.conv_kernels)
@@ -91,6 +98,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.conv_kernels={self.conv_kernels!r}: need sizes >= 1")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"ModelConfig.dropout={self.dropout!r}: must be in [0, 1)")
+        if self.fusion_start not in FUSION_STARTS:
+            raise ValueError(
+                f"ModelConfig.fusion_start={self.fusion_start!r}: must be one of {FUSION_STARTS}"
+            )
 
     @property
     def uses_imu(self) -> bool:
@@ -115,7 +126,11 @@ class ModelConfig:
 
     def video_branch(self) -> ModelConfig:
         """The VideoNet config FusionNet's video branch has (for warm starts)."""
-        return ModelConfig(**{**self.to_dict(), "kind": "videonet"})
+        return ModelConfig(**{**self.to_dict(), "kind": "videonet", "fusion_start": "video"})
+
+    def imu_branch(self) -> ModelConfig:
+        """The IMUNet config whose encoder and temporal layers FusionNet's IMU side shares."""
+        return ModelConfig(**{**self.to_dict(), "kind": "imunet", "fusion_start": "video"})
 
 
 # -- building blocks ---------------------------------------------------------------------------
@@ -393,7 +408,11 @@ class GaitNet(nn.Module):
             self.cross_iv = CrossBlock(w, cfg.heads, cfg.ff_mult, cfg.dropout)
             self.cross_vi = CrossBlock(w, cfg.heads, cfg.ff_mult, cfg.dropout)
             self.pool_fused = nn.Linear((N_SEG + N_KP + 2) * w, D)
-            self.main = Branch(cfg, start_from_head=False)
+            self.main = Branch(cfg, start_from_head=cfg.fusion_start == "head")
+
+    def _fusion_r0(self, vid: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Where FusionNet's refinement starts: its video estimate, or None (its own head)."""
+        return vid["rot6d"].flatten(-2) if self.cfg.fusion_start == "video" else None
 
     # per-frame part (no time mixing besides the conv stacks) ---------------------------------
     def _frame_fusion(self, ti: torch.Tensor, tv: torch.Tensor) -> torch.Tensor:
@@ -443,7 +462,7 @@ class GaitNet(nn.Module):
         if self.cfg.kind == "imunet":
             return self.main.heads(self.main.run(self.pool_imu(ti.flatten(-2))))
         h = self.main.run(self._frame_fusion(ti, tv))
-        res = self.main.heads(h, r0=vid["rot6d"].flatten(-2))
+        res = self.main.heads(h, r0=self._fusion_r0(vid))
         return {**res, **out}
 
     # streaming ---------------------------------------------------------------------------------
@@ -507,7 +526,7 @@ class GaitNet(nn.Module):
             return self.main.heads(h), new
         h, kv = self.main.run_step(self._frame_fusion(ti, tv), state, "main_", n)
         new.update(kv)
-        res = self.main.heads(h, r0=vid["rot6d"].flatten(-2))
+        res = self.main.heads(h, r0=self._fusion_r0(vid))
         return {**res, **out}, new
 
     def load_video_branch(self, videonet: GaitNet) -> None:
@@ -521,6 +540,45 @@ class GaitNet(nn.Module):
                 raise ValueError(f"load_video_branch: VideoNet tensor {k} does not fit")
             mine[k] = v
         self.load_state_dict(mine)
+
+    def load_imu_branch(self, imunet: GaitNet) -> None:
+        """Warm start: copy a trained IMUNet's IMU encoder, temporal layers and heads into
+        FusionNet, its frame pooling into the IMU columns of the fused pooling (the video
+        columns start at zero) and make both cross-attention blocks start as the identity
+        (zero output projections). With `fusion_start="head"` the result gives exactly
+        IMUNet's output, whatever the video input; training then adds what video brings."""
+        if self.cfg.kind != "fusionnet" or imunet.cfg.kind != "imunet":
+            raise ValueError("load_imu_branch: needs a fusionnet and an imunet")
+        src = imunet.state_dict()
+        mine = self.state_dict()
+        for k, v in src.items():
+            if k.startswith("pool_imu."):
+                continue
+            if k.startswith("main.heads.rot0.") and self.main.heads.rot0 is None:
+                continue  # refinement starts from the video branch: no head to copy into
+            if k not in mine or mine[k].shape != v.shape:
+                raise ValueError(f"load_imu_branch: IMUNet tensor {k} does not fit")
+            mine[k] = v
+        n_imu = N_SEG * self.cfg.width
+        w = torch.zeros_like(mine["pool_fused.weight"])
+        if src["pool_imu.weight"].shape != (w.shape[0], n_imu):
+            raise ValueError("load_imu_branch: IMUNet tensor pool_imu.weight does not fit")
+        w[:, :n_imu] = src["pool_imu.weight"]
+        mine["pool_fused.weight"] = w
+        mine["pool_fused.bias"] = src["pool_imu.bias"].clone()
+        for blk in ("cross_iv", "cross_vi"):
+            for k in (f"{blk}.att.out.weight", f"{blk}.att.out.bias"):
+                mine[k] = torch.zeros_like(mine[k])
+            for k in (f"{blk}.ff.net.2.weight", f"{blk}.ff.net.2.bias"):
+                mine[k] = torch.zeros_like(mine[k])
+        self.load_state_dict(mine)
+
+    def warm_started_parameters(self, video: bool, imu: bool) -> list[str]:
+        """Names of the parameters `load_video_branch` (video) / `load_imu_branch` (imu)
+        fill with trained values (the rest, fusion layers included, start fresh)."""
+        prefixes = ("enc_video.", "pool_video.", "video.") if video else ()
+        prefixes += ("enc_imu.", "main.") if imu else ()
+        return [k for k, _ in self.named_parameters() if k.startswith(prefixes)]
 
 
 def build_model(cfg: ModelConfig) -> GaitNet:

@@ -17,6 +17,14 @@ position head (L1, m; simpler and cheaper than forward kinematics through the bo
 whose segment lengths differ per subject), body size (MSE); FusionNet adds its video branch's
 rotation loss (half weight). AdamW, warm-up + cosine learning rate over the step or time
 budget, gradient clipping, checkpoints with resume.
+
+Warm starts (FusionNet): `init_video` copies a VideoNet into its video branch, `init_imu` an
+IMUNet into its IMU encoder, temporal layers and heads (fusion.nn.models.GaitNet.
+load_imu_branch; with `fusion_start="head"` the fresh FusionNet then equals that IMUNet). The
+copied parameters train at `warm_lr_scale` × the learning rate, the fusion layers at the full
+rate, so that the trained single-modality paths are refined rather than overwritten while the
+modality dropout keeps each of them working alone. FusionNet's validation also reports the
+"no video" error (joints masked), to see whether it uses its IMUs.
 """
 
 from __future__ import annotations
@@ -100,6 +108,7 @@ class TrainPreset:
     p_drop_joint: float = 0.05  # per joint per window
     p_drop_frame: float = 0.03  # per frame: all joints lost (a camera dropout)
     p_drop_modality: float = 0.1  # per window, each modality (FusionNet only)
+    warm_lr_scale: float = 0.25  # learning-rate factor of warm-started parameters
 
 
 PRESETS: dict[str, TrainPreset] = {
@@ -344,10 +353,15 @@ def losses(
 
 # -- evaluation --------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate_model(model: GaitNet, pool: Pool, warmup: int | None = None) -> dict[str, Any]:
+def evaluate_model(
+    model: GaitNet, pool: Pool, warmup: int | None = None, drop: str | None = None
+) -> dict[str, Any]:
     """Joint-angle RMSE (deg) of a model on whole pool sequences, streaming-equivalent
     (causal forward over each sequence; the first `warmup` frames, default one window, left
-    out). Returns lower-limb RMSE (pooled over angles and frames) and per-angle RMSE."""
+    out), optionally with one modality (`drop`: "imu" or "video") masked throughout. Returns
+    lower-limb RMSE (pooled over angles and frames) and per-angle RMSE."""
+    if drop not in (None, "imu", "video"):
+        raise ValueError(f"evaluate_model: drop={drop!r}, expected None, 'imu' or 'video'")
     cfg = model.cfg
     was_training = model.training
     model.eval()
@@ -361,6 +375,9 @@ def evaluate_model(model: GaitNet, pool: Pool, warmup: int | None = None) -> dic
             torch.from_numpy(s[k][None]).to(dev)
             for k in ("imu", "imu_mask", "joints", "joints_mask")
         ]
+        if drop is not None:
+            i = 0 if drop == "imu" else 2
+            x[i], x[i + 1] = torch.zeros_like(x[i]), torch.zeros_like(x[i + 1])
         out = model(*x)
         L = cfg.lookahead
         pred = angles_from_output(out["rot6d"][0, L:].cpu())
@@ -380,6 +397,55 @@ def evaluate_model(model: GaitNet, pool: Pool, warmup: int | None = None) -> dic
 
 
 # -- the loop ----------------------------------------------------------------------------------
+def _warm_start(
+    model: GaitNet,
+    cfg: ModelConfig,
+    init_video: str | Path | None,
+    init_imu: str | Path | None,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> tuple[list[str], dict[str, str]]:
+    """Copy the given VideoNet / IMUNet files into a FusionNet; (warm parameter names, the
+    files used). ValueError naming the file when its kind or config does not fit."""
+    from fusion.nn.checkpoint import load_model
+
+    inits: dict[str, str] = {}
+    for flag, path, want, load in (
+        ("--init-video", init_video, cfg.video_branch(), model.load_video_branch),
+        ("--init-imu", init_imu, cfg.imu_branch(), model.load_imu_branch),
+    ):
+        if path is None:
+            continue
+        if cfg.kind != "fusionnet":
+            raise ValueError(f"{flag} only applies to fusionnet")
+        net, got, _ = load_model(path)
+        if got != want:
+            diff = {
+                k: (v, want.to_dict()[k])
+                for k, v in got.to_dict().items()
+                if v != want.to_dict()[k]
+            }
+            raise ValueError(f"{flag} {path}: its config differs from {want.kind}: {diff}")
+        load(net.to(device))
+        inits[flag.removeprefix("--")] = str(path)
+        log(f"{flag.removeprefix('--init-')} side warm-started from {path}")
+    warm = model.warm_started_parameters(video=init_video is not None, imu=init_imu is not None)
+    return warm, inits
+
+
+def _param_groups(model: GaitNet, warm: list[str], warm_scale: float) -> list[dict[str, Any]]:
+    """AdamW groups: fresh parameters at the full rate, warm-started ones at `warm_scale`."""
+    named = dict(model.named_parameters())
+    unknown = sorted(set(warm) - set(named))
+    if unknown:
+        raise ValueError(f"warm-started parameters {unknown[:3]} are not in the model")
+    hot = [p for k, p in named.items() if k not in set(warm)]
+    groups = [{"params": hot, "lr_scale": 1.0}]
+    if warm:
+        groups.append({"params": [named[k] for k in warm], "lr_scale": float(warm_scale)})
+    return groups
+
+
 def _lr_factor(progress: float, step: int, warmup: int) -> float:
     w = min(1.0, (step + 1) / max(warmup, 1))
     return w * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
@@ -393,6 +459,8 @@ def train(
     minutes: float | None = None,
     resume: str | Path | None = None,
     init_video: str | Path | None = None,
+    init_imu: str | Path | None = None,
+    fusion_start: str | None = None,
     pool_cache: str | Path | None = None,
     workers: int = 2,
     threads: int | None = 1,
@@ -400,7 +468,11 @@ def train(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train one model; writes out_dir/last.pt (resumable), out_dir/best.pt and
-    out_dir/{kind}.pt (the best weights by validation lower-limb RMSE). Returns a summary."""
+    out_dir/{kind}.pt (the best weights by validation lower-limb RMSE). Returns a summary.
+
+    FusionNet: `init_video` / `init_imu` warm-start its video / IMU side from model files
+    (ValueError naming the file when its config does not fit); `fusion_start` ("video" or
+    "head", default "head" with `init_imu`, else "video") is where its refinement starts."""
     from tqdm import tqdm
 
     from fusion.nn.checkpoint import load_model
@@ -412,7 +484,17 @@ def train(
     minutes = preset.minutes if minutes is None else minutes
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
-    cfg = ModelConfig(kind=kind, **preset.model)
+    if kind != "fusionnet" and (init_video or init_imu or fusion_start):
+        raise ValueError("--init-video, --init-imu and --fusion-start only apply to fusionnet")
+    ck: dict[str, Any] | None = None
+    if resume is not None:
+        ck = torch.load(resume, map_location=device, weights_only=False)
+    if fusion_start is None and kind == "fusionnet":
+        fusion_start = "head" if init_imu is not None else "video"
+        if ck is not None and isinstance(ck.get("config"), dict):  # resume: as it was
+            fusion_start = ck["config"].get("fusion_start", "video")
+    extra = {"fusion_start": fusion_start} if fusion_start else {}
+    cfg = ModelConfig(kind=kind, **{**preset.model, **extra})
 
     t_pool = time.perf_counter()
     seeds = train_seeds(preset)
@@ -431,26 +513,35 @@ def train(
     )
 
     model = build_model(cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
     step, elapsed, best = 0, 0.0, float("inf")
     history: list[dict[str, Any]] = []
-    if resume is not None:
-        ck = torch.load(resume, map_location=device, weights_only=False)
-        if ck.get("config") != cfg.to_dict():
+    warm: list[str] = []
+    inits: dict[str, str] = {}
+    if ck is not None:
+        cd = ck.get("config")
+        try:  # older checkpoints lack newer fields: they read as the defaults
+            same = isinstance(cd, dict) and ModelConfig.from_dict(cd) == cfg
+        except (TypeError, ValueError):
+            same = False
+        if not same:
             raise ValueError(f"--resume {resume}: its config {ck.get('config')} != {cfg.to_dict()}")
+        warm, inits = list(ck.get("warm_params", [])), dict(ck.get("inits", {}))
+    else:
+        warm, inits = _warm_start(model, cfg, init_video, init_imu, device, log)
+    opt = torch.optim.AdamW(
+        _param_groups(model, warm, preset.warm_lr_scale),
+        lr=preset.lr,
+        weight_decay=preset.weight_decay,
+    )
+    if ck is not None:
         model.load_state_dict(ck["model"])
+        scales = [g["lr_scale"] for g in opt.param_groups]
         opt.load_state_dict(ck["optimizer"])
+        for g, sc in zip(opt.param_groups, scales, strict=True):
+            g["lr_scale"] = sc  # older checkpoints' groups have no lr_scale
         step, elapsed, best = ck["step"], ck["elapsed"], ck["best"]
         history = ck.get("history", [])
         log(f"resumed {resume} at step {step}, {elapsed / 60:.1f} min, best {best:.2f} deg")
-    elif init_video is not None:
-        if kind != "fusionnet":
-            raise ValueError("--init-video only applies to fusionnet")
-        vnet, vcfg, _ = load_model(init_video)
-        if vcfg != cfg.video_branch():
-            raise ValueError(f"--init-video {init_video}: config {vcfg} != {cfg.video_branch()}")
-        model.load_video_branch(vnet.to(device))
-        log(f"video branch warm-started from {init_video}")
     batcher = Batcher(pool, preset, cfg, seed=seed * 7919 + step)
     budget_s = None if minutes is None else minutes * 60.0
 
@@ -466,6 +557,8 @@ def train(
                 "best": best,
                 "history": history,
                 "seed": seed,
+                "warm_params": warm,
+                "inits": inits,
             },
             out_dir / "last.pt",
         )
@@ -481,20 +574,55 @@ def train(
             "train_hours": round(pool.n_frames / 216000, 3),
             "val_seeds": [vseeds[0], vseeds[-1]],
             "validation": metrics,
+            "recipe": {
+                **{
+                    k: v
+                    for k, v in asdict(preset).items()
+                    if k not in ("name", "model", "max_steps")
+                },
+                "minutes": minutes,  # the run's time budget (the preset's unless overridden)
+            },
+            "warm_start": inits,
             "torch": str(torch.__version__),
         }
 
+    def validate() -> dict[str, Any]:
+        """Validation metrics, one history row and a log line at the current step."""
+        m = evaluate_model(model, val)
+        row = {
+            "step": step,
+            "minutes": round(elapsed / 60, 2),
+            "loss": None if ema is None else round(ema, 5),
+            "val_lower_rmse_deg": round(m["lower_rmse_deg"], 3),
+        }
+        line = f"val lower-limb RMSE {m['lower_rmse_deg']:.2f} deg"
+        if kind == "fusionnet":
+            nv = evaluate_model(model, val, drop="video")["lower_rmse_deg"]
+            m["no_video_lower_rmse_deg"] = nv
+            row["val_no_video_lower_rmse_deg"] = round(nv, 3)
+            line += f", no video {nv:.2f} deg"
+        history.append(row)
+        loss_txt = "-" if ema is None else f"{ema:.4f}"
+        log(f"step {step} ({elapsed / 60:.1f} min) loss {loss_txt} {line}")
+        return m
+
+    ema: float | None = None
+    if inits and step == 0:  # where the warm start stands before any training
+        t0 = time.perf_counter()
+        m0 = validate()
+        best = m0["lower_rmse_deg"]
+        save_model(out_dir / "best.pt", model, cfg, meta(m0))
+        elapsed += time.perf_counter() - t0  # counts against the time budget
     model.train()
     bar = tqdm(desc=f"train {kind}", unit="step", disable=not progress_bar, initial=step)
     t_start = time.perf_counter() - elapsed
-    ema = None
     while step < preset.max_steps:
         elapsed = time.perf_counter() - t_start
         if budget_s is not None and elapsed >= budget_s:
             break
         frac = max(step / preset.max_steps, 0.0 if budget_s is None else elapsed / budget_s)
         for g in opt.param_groups:
-            g["lr"] = preset.lr * _lr_factor(frac, step, preset.warmup_steps)
+            g["lr"] = preset.lr * g["lr_scale"] * _lr_factor(frac, step, preset.warmup_steps)
         batch = batcher(device)
         out = model(batch["imu"], batch["imu_mask"], batch["joints"], batch["joints_mask"])
         terms = losses(out, batch, cfg, preset.loss_skip)
@@ -513,19 +641,8 @@ def train(
         )
         if step % preset.val_every == 0 or step == preset.max_steps:
             elapsed = time.perf_counter() - t_start
-            m = evaluate_model(model, val)
-            history.append(
-                {
-                    "step": step,
-                    "minutes": round(elapsed / 60, 2),
-                    "loss": round(ema, 5),
-                    "val_lower_rmse_deg": round(m["lower_rmse_deg"], 3),
-                }
-            )
-            log(
-                f"step {step} ({elapsed / 60:.1f} min) loss {ema:.4f} "
-                f"val lower-limb RMSE {m['lower_rmse_deg']:.2f} deg"
-            )
+            m = validate()
+            model.train()
             if m["lower_rmse_deg"] < best:
                 best = m["lower_rmse_deg"]
                 save_model(out_dir / "best.pt", model, cfg, meta(m))
@@ -533,15 +650,9 @@ def train(
             save_last()
     bar.close()
     elapsed = time.perf_counter() - t_start
-    final = evaluate_model(model, val)
-    history.append(
-        {
-            "step": step,
-            "minutes": round(elapsed / 60, 2),
-            "loss": round(ema or float("nan"), 5),
-            "val_lower_rmse_deg": round(final["lower_rmse_deg"], 3),
-        }
-    )
+    final = validate() if not history or history[-1]["step"] != step else None
+    if final is None:  # the last step was just validated
+        final = {"lower_rmse_deg": history[-1]["val_lower_rmse_deg"]}
     if final["lower_rmse_deg"] < best or not (out_dir / "best.pt").is_file():
         best = final["lower_rmse_deg"]
         save_model(out_dir / "best.pt", model, cfg, meta(final))

@@ -3,6 +3,8 @@
     gait-stream evaluate --json                 # full run (~15 min on 2 cores), JSON on stdout
     gait-stream evaluate --quick --out runs/ev  # test-sized; writes evaluation.json + plot
     gait-stream evaluate --speed                # per-tick model time of the neural models
+    gait-stream evaluate --models fusionnet new=runs/train_fusionnet/fusionnet.pt
+                                                # a candidate beside the shipped weights
 
 Models whose weights are not there are reported as missing, not an error.
 """
@@ -27,7 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--quick", action="store_true", help="a small plan (< 2 min)")
-    p.add_argument("--models", nargs="+", help="estimators (default: all neural + classical)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        help="estimators (default: all neural + classical); LABEL=PATH scores the neural model "
+        "file PATH as LABEL (e.g. fusionnet new=runs/train_fusionnet/fusionnet.pt)",
+    )
     p.add_argument("--out", help="directory for evaluation.json and noise_sensitivity.png")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (2)")
     p.add_argument(
@@ -81,14 +88,15 @@ def _table(report: dict[str, Any]) -> str:
 
 def _speed(args: argparse.Namespace) -> int:
     from fusion.estimators.neural import NeuralEstimator, measure_speed
-    from fusion.evaluation import NEURAL_NAMES
+    from fusion.evaluation import NEURAL_NAMES, model_spec
 
     out: dict[str, Any] = {}
-    for m in args.models or NEURAL_NAMES:
+    for spec in args.models or NEURAL_NAMES:
         try:
-            est = NeuralEstimator(m, backend=args.backend)
+            m, opts = model_spec(spec)
+            est = NeuralEstimator(opts.get("weights", m), backend=args.backend)
         except Exception as e:
-            out[m] = {"status": "missing", "reason": f"{type(e).__name__}: {e}"}
+            out[spec] = {"status": "missing", "reason": f"{type(e).__name__}: {e}"}
             continue
         out[m] = {"info": est.info(), "rows": measure_speed(est, ticks=args.ticks)}
     if args.json:
@@ -117,7 +125,11 @@ def run(args: argparse.Namespace) -> int:
         return _speed(args)
     models = tuple(args.models or MODEL_NAMES)
     plan = EvalPlan.quick() if args.quick else EvalPlan()
-    options = {m: {"backend": args.backend} for m in models if m in NEURAL_NAMES}
+    options = {
+        m.split("=", 1)[0].strip(): {"backend": args.backend}
+        for m in models
+        if m in NEURAL_NAMES or "=" in m
+    }
     bar = None
     if not args.no_progress:
         from tqdm import tqdm

@@ -2,6 +2,7 @@
 
     gait-stream train --model videonet --preset ship --out runs/videonet --minutes 35
     gait-stream train --model fusionnet --init-video runs/videonet/videonet.pt
+    gait-stream train --model fusionnet --init-video videonet --init-imu imunet --minutes 40
     gait-stream train --model imunet --resume runs/imunet/last.pt
 
 Training seeds are 0..N-1 (N from the preset's data hours); evaluation's held-out seeds
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 
 __all__ = ["register", "run"]
 
@@ -34,6 +36,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--init-video", default=None, help="fusionnet: warm-start its video branch from a VideoNet"
     )
     p.add_argument(
+        "--init-imu",
+        default=None,
+        help="fusionnet: warm-start its IMU encoder, temporal layers and heads from an IMUNet "
+        "('imunet' = the shipped weights)",
+    )
+    p.add_argument(
+        "--fusion-start",
+        choices=("video", "head"),
+        default=None,
+        help="fusionnet: refinement starts from its video branch or from a head on the fused "
+        "features (default: head with --init-imu, else video)",
+    )
+    p.add_argument(
+        "--warm-lr-scale",
+        type=float,
+        default=None,
+        help="learning-rate factor of warm-started parameters (default: preset, 0.25)",
+    )
+    p.add_argument(
+        "--modality-dropout",
+        type=float,
+        default=None,
+        help="fusionnet: per-window probability of losing each whole modality (default: preset)",
+    )
+    p.add_argument(
+        "--val-every", type=int, default=None, help="validate every N steps (default: preset)"
+    )
+    p.add_argument(
         "--pool-cache",
         default=None,
         help="where the generated training pool is cached (default runs/nn_pool/PRESET.npz)",
@@ -46,6 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fusion.nn.checkpoint import resolve
     from fusion.nn.train import PRESETS, train
 
     if args.preset not in PRESETS:
@@ -61,7 +92,28 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.threads < 1:
         print("gait-stream train: --workers and --threads must be >= 1", file=sys.stderr)
         return 2
-    preset = PRESETS[args.preset]
+    overrides = {
+        "warm_lr_scale": args.warm_lr_scale,
+        "p_drop_modality": args.modality_dropout,
+        "val_every": args.val_every,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.warm_lr_scale is not None and not 0 < args.warm_lr_scale <= 1:
+        print(
+            f"gait-stream train: --warm-lr-scale={args.warm_lr_scale}: need 0 < x <= 1",
+            file=sys.stderr,
+        )
+        return 2
+    if args.modality_dropout is not None and not 0 <= args.modality_dropout <= 0.5:
+        print(
+            f"gait-stream train: --modality-dropout={args.modality_dropout}: need 0..0.5",
+            file=sys.stderr,
+        )
+        return 2
+    if args.val_every is not None and args.val_every < 1:
+        print(f"gait-stream train: --val-every={args.val_every}: must be >= 1", file=sys.stderr)
+        return 2
+    preset = replace(PRESETS[args.preset], **overrides)
     out = args.out or f"runs/train_{args.model}"
     cache = args.pool_cache or f"runs/nn_pool/{preset.name}.npz"
     try:
@@ -72,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             minutes=args.minutes,
             resume=args.resume,
-            init_video=args.init_video,
+            init_video=resolve(args.init_video) if args.init_video else None,
+            init_imu=resolve(args.init_imu) if args.init_imu else None,
+            fusion_start=args.fusion_start,
             pool_cache=cache,
             workers=args.workers,
             threads=args.threads,
