@@ -66,8 +66,11 @@ def _solve(P: np.ndarray, uv: np.ndarray, w: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(A, axis=-1, keepdims=True)
     ww = np.concatenate([w, w], axis=1)[..., None]
     A = np.where(n > 0, A / np.where(n > 0, n, 1.0), 0.0) * ww
-    _, _, vt = np.linalg.svd(A)
-    return vt[:, -1, :]
+    # the right singular vector of the smallest singular value = the eigenvector of AᵀA with
+    # the smallest eigenvalue (eigh sorts ascending): a 4x4 eigh costs ~0.4x a (2C, 4) SVD,
+    # and the rows are normalised, so squaring the condition number costs ~1e-8 m
+    _, vecs = np.linalg.eigh(A.transpose(0, 2, 1) @ A)
+    return vecs[..., 0]
 
 
 def _reproject(P: np.ndarray, X: np.ndarray) -> np.ndarray:
