@@ -29,9 +29,9 @@ class Sink:
         self.lock = threading.Lock()
 
     def put(self, msg: object) -> None:
-        with self.lock:
-            self.msgs.append(msg)
+        with self.lock:  # the test reads without the lock: the time first, then the message
             self.at.append(pylsl.local_clock())
+            self.msgs.append(msg)
 
 
 class CountingIngest(ImuIngest):
