@@ -482,8 +482,10 @@ def test_subjects_joining_and_leaving_give_the_plain_algorithms_numbers(model, b
     assert len(est._cache["n"]) == 0 and est.update_many({"a": stream(3, 1)})["a"].t.size == 1
 
 
-def test_normalise_inputs_np_is_normalise_inputs_bit_for_bit() -> None:
-    from fusion.nn.features import normalise_inputs_np
+def test_normalise_inputs_is_per_frame_and_the_same_for_torch_and_numpy() -> None:
+    """The live estimator normalises each tick alone, training a whole window: per frame it
+    must be the same numbers, for numpy and torch inputs, NaN/inf, missing hips, a zero
+    facing vector and clipping included."""
     from fusion.skeleton import KEYPOINT_INDEX
 
     rng = np.random.default_rng(3)
@@ -498,15 +500,17 @@ def test_normalise_inputs_np_is_normalise_inputs_bit_for_bit() -> None:
     im, jm = rng.random((n, len(SEGMENTS))) > 0.1, rng.random((n, len(KEYPOINTS))) > 0.1
     jm[50:80, KEYPOINT_INDEX["hip_l"]] = False
     want = normalise_inputs(imu, im, joints, jm)
-    got = normalise_inputs_np(imu, im, joints, jm)
+    args = (imu.astype(np.float32), im, joints.astype(np.float32), jm)
+    got = normalise_inputs(*(torch.as_tensor(v) for v in args))
     for g, w in zip(got, want, strict=True):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        np.testing.assert_array_equal(g, w)
-    got1 = normalise_inputs_np(imu[7:8], im[7:8], joints[7:8], jm[7:8])  # per frame
-    for g, w in zip(got1, want, strict=True):
-        np.testing.assert_array_equal(g, w[7:8])
+        assert isinstance(g, torch.Tensor) and g.numpy().dtype == w.dtype
+        np.testing.assert_array_equal(g.numpy(), w)
+    for i in (7, 20, 60, 3999):  # per frame: a zero facing vector, no hips, ordinary
+        got1 = normalise_inputs(imu[i : i + 1], im[i : i + 1], joints[i : i + 1], jm[i : i + 1])
+        for g, w in zip(got1, want, strict=True):
+            np.testing.assert_array_equal(g, w[i : i + 1])
     with pytest.raises(ValueError, match="joints has shape"):
-        normalise_inputs_np(imu, im, joints[:, :16], jm)
+        normalise_inputs(imu, im, joints[:, :16], jm)
 
 
 def test_angles_are_the_per_joint_decomposition() -> None:

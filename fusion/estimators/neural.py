@@ -4,7 +4,7 @@
 histories, per-layer keys/values of the last window-1 frames, a frame count) as one row of a
 batch-indexable cache that holds exactly the subjects in use (numpy arrays for ONNX Runtime,
 torch tensors otherwise). A call of `update_many` normalises all subjects' new ticks at once
-(fusion.nn.features.normalise_inputs_np, strictly per frame, bit for bit normalise_inputs),
+(fusion.nn.features.normalise_inputs, strictly per frame),
 then for tick index i runs ONE `step` for the subjects that have an i-th tick, in the call's
 order. In the steady state (every subject one tick per call) that is the whole cache: it goes
 in as it is and the step's new cache replaces it (rows renumbered to the call's order), with no
@@ -335,13 +335,13 @@ class NeuralEstimator(Estimator):
     def _inputs(self, subjects: list[str], batches: dict[str, SyncedBatch]) -> list[np.ndarray]:
         """Normalised model inputs of every subject's frames, concatenated in `subjects` order
         (one normalisation and one triangulation for the whole call; both are per frame)."""
-        from fusion.nn.features import normalise_inputs_np
+        from fusion.nn.features import normalise_inputs
 
         bs = [batches[s] for s in subjects]
         joints, jmask = self._video(subjects, bs)
         imu = bs[0].imu if len(bs) == 1 else np.concatenate([b.imu for b in bs])
         imu_mask = bs[0].imu_mask if len(bs) == 1 else np.concatenate([b.imu_mask for b in bs])
-        return list(normalise_inputs_np(imu, imu_mask, joints, jmask))
+        return list(normalise_inputs(imu, imu_mask, joints, jmask))
 
     def _step_rows(self, act: list[str], x: list[np.ndarray]) -> np.ndarray:
         """One step for the subjects `act` (batch rows in that order) → rot6d (B, 13, 6).

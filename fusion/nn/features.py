@@ -35,7 +35,6 @@ __all__ = [
     "heading_free_rotations",
     "matrix_to_rot6d",
     "normalise_inputs",
-    "normalise_inputs_np",
     "rot6d_to_matrix",
 ]
 
@@ -58,6 +57,10 @@ def _check(name: str, x: Any, tail: tuple[int, ...]) -> None:
         raise ValueError(f"normalise_inputs: {name} has shape {shape}, expected (..., {tail})")
 
 
+_SCALE = np.array([GYRO_SCALE] * 3 + [ACC_SCALE] * 3, np.float32)
+_UP = np.array([0.0, 1.0], np.float32)
+
+
 def normalise_inputs(
     imu: Any, imu_mask: Any, joints: Any, joints_mask: Any
 ) -> tuple[Any, Any, Any, Any]:
@@ -74,85 +77,39 @@ def normalise_inputs(
     _check("imu_mask", imu_mask, (len(SEGMENTS),))
     _check("joints", joints, (len(KEYPOINTS), 3))
     _check("joints_mask", joints_mask, (len(KEYPOINTS),))
-    if _is_torch(imu):
-        return _normalise_torch(imu, imu_mask, joints, joints_mask)
-    t = _normalise_torch(
-        torch.as_tensor(np.asarray(imu, np.float32)),
-        torch.as_tensor(np.asarray(imu_mask, bool)),
-        torch.as_tensor(np.asarray(joints, np.float32)),
-        torch.as_tensor(np.asarray(joints_mask, bool)),
-    )
-    return tuple(v.numpy() for v in t)  # type: ignore[return-value]
+    if not _is_torch(imu):
+        return _normalise(imu, imu_mask, joints, joints_mask)
+    out = _normalise(*(v.detach().cpu().numpy() for v in (imu, imu_mask, joints, joints_mask)))
+    return tuple(torch.from_numpy(v).to(imu.device) for v in out)  # type: ignore[return-value]
 
 
-def _normalise_torch(
-    imu: torch.Tensor, imu_mask: torch.Tensor, joints: torch.Tensor, joints_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    imu = imu.float()
-    joints = joints.float()
-    imu_mask = imu_mask.bool() & torch.isfinite(imu).all(-1)
-    joints_mask = joints_mask.bool() & torch.isfinite(joints).all(-1)
-    scale = imu.new_tensor([GYRO_SCALE] * 3 + [ACC_SCALE] * 3)
-    imu = torch.where(imu_mask[..., None], imu, torch.zeros_like(imu)) / scale
-    imu = imu.clamp(-_CLIP, _CLIP)
-
-    j = torch.where(joints_mask[..., None], joints, torch.zeros_like(joints))
-    hips_ok = joints_mask[..., _HIP_L] & joints_mask[..., _HIP_R]
-    root = 0.5 * (j[..., _HIP_L, :] + j[..., _HIP_R, :])
-    j = j - root[..., None, :]
-    # facing: the left-pointing horizontal direction of the hip line plus the shoulder line
-    lat = j[..., _HIP_L, :2] - j[..., _HIP_R, :2]
-    sh_ok = (joints_mask[..., _SH_L] & joints_mask[..., _SH_R])[..., None]
-    lat = lat + torch.where(sh_ok, j[..., _SH_L, :2] - j[..., _SH_R, :2], torch.zeros_like(lat))
-    norm = torch.linalg.vector_norm(lat, dim=-1, keepdim=True)
-    lat = torch.where(norm > 1e-6, lat / norm.clamp_min(1e-6), torch.zeros_like(lat))
-    lat = lat + torch.where(norm > 1e-6, 0.0, 1.0) * lat.new_tensor([0.0, 1.0])
-    # rotate so that `lat` becomes +y: x' = lat_y x - lat_x y, y' = lat_x x + lat_y y
-    ly, lx = lat[..., 1:2], lat[..., 0:1]
-    x, y, z = j[..., 0], j[..., 1], j[..., 2]
-    xr = ly * x - lx * y
-    yr = lx * x + ly * y
-    j = torch.stack([xr, yr, z], dim=-1) / JOINT_SCALE
-    joints_mask = joints_mask & hips_ok[..., None]
-    j = torch.where(joints_mask[..., None], j, torch.zeros_like(j)).clamp(-_CLIP, _CLIP)
-    return imu, imu_mask, j, joints_mask
-
-
-_SCALE_NP = np.array([GYRO_SCALE] * 3 + [ACC_SCALE] * 3, np.float32)
-_UP_NP = np.array([0.0, 1.0], np.float32)
-
-
-def normalise_inputs_np(
+def _normalise(
     imu: np.ndarray, imu_mask: np.ndarray, joints: np.ndarray, joints_mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`normalise_inputs` for numpy arrays, bit for bit, without the ~40 small torch ops (the
-    live estimator calls it every tick: 4x cheaper for one frame). The same float32 steps in
-    the same order; the only reduction, the length of the facing vector, is torch's own
-    `vector_norm` (numpy's sum of squares rounds differently: torch fuses a multiply-add).
-    tests/test_neural_estimator.py checks it against `normalise_inputs` bit for bit."""
-    _check("imu", imu, (len(SEGMENTS), 6))
-    _check("imu_mask", imu_mask, (len(SEGMENTS),))
-    _check("joints", joints, (len(KEYPOINTS), 3))
-    _check("joints_mask", joints_mask, (len(KEYPOINTS),))
+    """`normalise_inputs` in float32 numpy (the live estimator calls it every tick: no small
+    torch ops). The length of the facing vector is torch's `vector_norm`, as when the shipped
+    models were trained (numpy's sum of squares rounds differently: torch fuses a multiply-add)."""
     imu = np.asarray(imu, np.float32)
     joints = np.asarray(joints, np.float32)
     imu_mask = np.asarray(imu_mask, bool) & np.isfinite(imu).all(-1)
     joints_mask = np.asarray(joints_mask, bool) & np.isfinite(joints).all(-1)
     zero = np.float32(0.0)
-    imu = np.where(imu_mask[..., None], imu, zero) / _SCALE_NP
+    imu = np.where(imu_mask[..., None], imu, zero) / _SCALE
     np.clip(imu, -_CLIP, _CLIP, out=imu)
 
     j = np.where(joints_mask[..., None], joints, zero)
     hips_ok = joints_mask[..., _HIP_L] & joints_mask[..., _HIP_R]
     root = np.float32(0.5) * (j[..., _HIP_L, :] + j[..., _HIP_R, :])
     j = j - root[..., None, :]
+    # facing: the left-pointing horizontal direction of the hip line plus the shoulder line
     lat = j[..., _HIP_L, :2] - j[..., _HIP_R, :2]
     sh_ok = (joints_mask[..., _SH_L] & joints_mask[..., _SH_R])[..., None]
     lat = lat + np.where(sh_ok, j[..., _SH_L, :2] - j[..., _SH_R, :2], zero)
     norm = torch.linalg.vector_norm(torch.from_numpy(lat), dim=-1, keepdim=True).numpy()
     big = norm > 1e-6
     lat = np.where(big, lat / np.maximum(norm, np.float32(1e-6)), zero)
-    lat = lat + np.where(big, zero, np.float32(1.0)) * _UP_NP
+    lat = lat + np.where(big, zero, np.float32(1.0)) * _UP
+    # rotate so that `lat` becomes +y: x' = lat_y x - lat_x y, y' = lat_x x + lat_y y
     ly, lx = lat[..., 1:2], lat[..., 0:1]
     x, y, z = j[..., 0], j[..., 1], j[..., 2]
     xr = ly * x - lx * y
