@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from fusion.records import check_known_fields
+
 __all__ = [
     "DeviceClock",
     "NoiseParams",
@@ -105,10 +107,7 @@ class NoiseParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NoiseParams:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"NoiseParams: unknown parameters {unknown}")
+        check_known_fields(cls, d, "parameters")
         return cls(**d)
 
 

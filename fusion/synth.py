@@ -53,6 +53,7 @@ from fusion.noise import (
     draw_imu_bias,
 )
 from fusion.normative import SPEEDS, NormativeSet, load_default_normative
+from fusion.records import check_known_fields
 from fusion.skeleton import GAIT_EVENTS, KEYPOINT_INDEX, SEGMENTS, SIDES
 
 __all__ = [
@@ -190,10 +191,7 @@ class SequenceParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SequenceParams:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"SequenceParams: unknown parameters {unknown}")
+        check_known_fields(cls, d, "parameters")
         kw = dict(d)
         if "noise" in kw and isinstance(kw["noise"], dict):
             kw["noise"] = NoiseParams.from_dict(kw["noise"])

@@ -33,7 +33,7 @@ keys/values of the last `window` - 1 frames, a frame count per subject) and retu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn import functional as nnf
 
 from fusion.nn.features import JOINT_SCALE
+from fusion.records import check_known_fields
 from fusion.skeleton import KEYPOINTS, SEGMENTS
 from fusion.synth import BODY_FIELDS
 
@@ -118,10 +119,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown fields {unknown}")
+        check_known_fields(cls, d, "fields")
         return cls(**d)
 
     def video_branch(self) -> ModelConfig:
