@@ -419,9 +419,8 @@ class NeuralEstimator(Estimator):
     def _video(self, subjects: list[str], bs: list[SyncedBatch]) -> tuple[np.ndarray, np.ndarray]:
         """(N, 17, 3) joint centres and mask of every subject's frames, concatenated: given,
         triangulated (all subjects' 2-D keypoints in one call), or all missing."""
-        n = sum(len(b) for b in bs)
         if "video" not in self.modalities:
-            return np.zeros((n, len(KEYPOINTS), 3), np.float32), np.zeros((n, len(KEYPOINTS)), bool)
+            return _no_joints(sum(len(b) for b in bs))
         parts: list[tuple[np.ndarray, np.ndarray] | None] = []
         tri_kp, tri_mask = [], []
         for s, b in zip(subjects, bs, strict=True):
@@ -429,13 +428,7 @@ class NeuralEstimator(Estimator):
                 parts.append((b.joints3d, b.joints3d_mask))
                 continue
             if b.keypoints.shape[1] == 0 or not b.keypoint_mask.any():
-                m = len(b)
-                parts.append(
-                    (
-                        np.zeros((m, len(KEYPOINTS), 3), np.float32),
-                        np.zeros((m, len(KEYPOINTS)), bool),
-                    )
-                )
+                parts.append(_no_joints(len(b)))
                 continue
             if self._P is None:
                 raise ValueError(
@@ -474,6 +467,11 @@ class NeuralEstimator(Estimator):
 
 
 _NO_TIMES = np.zeros(0)
+
+
+def _no_joints(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """n frames without joint centres (all masked)."""
+    return np.zeros((n, len(KEYPOINTS), 3), np.float32), np.zeros((n, len(KEYPOINTS)), bool)
 
 
 def _random_inputs(B: int, g: torch.Generator) -> list[torch.Tensor]:
