@@ -50,6 +50,32 @@ log = logging.getLogger(__name__)
 DIRECT_PULL = True
 _add = np.add.reduce  # ndarray.sum() without its Python wrapper (pull() runs ~1300 times/s)
 
+_gil_held_fns: dict[str, Any] = {}
+
+
+def _gil_held(fn: Any) -> Any:
+    """The same liblsl function, called without releasing the GIL (ctypes.PyDLL), or None.
+
+    Why: a ctypes call through pylsl's CDLL drops the GIL and must win it back on return; in a
+    process where another stage thread computes, that costs up to a switch interval (1 ms)
+    per call, and ingest makes one per stream per round. A non-blocking pull takes a few µs in
+    liblsl, far less than the wait for the GIL: it keeps the GIL. Blocking pulls still release it.
+    """
+    name = getattr(fn, "__name__", None)
+    if not name:
+        return None
+    if name not in _gil_held_fns:
+        try:
+            lib = ctypes.PyDLL(pylsl.lib.lib._name)
+            held = getattr(lib, name)
+            held.restype = fn.restype
+            held.argtypes = fn.argtypes
+        except (AttributeError, OSError):
+            held = None
+        _gil_held_fns[name] = held
+    return _gil_held_fns[name]
+
+
 #: How often the clock offset is refreshed (liblsl keeps estimating it in the background).
 TIME_CORRECTION_REFRESH_S = 1.0
 
@@ -165,6 +191,8 @@ class ImuInlet:
         self._err = ctypes.c_int()
         self._buf_addr = self._ts_addr = self._sample_bytes = 0
         self._cap = 0
+        self._pull_now: Any = None  # liblsl pull_chunk keeping the GIL (non-blocking pulls)
+        self._drain_args: tuple[Any, ...] = ()  # its arguments for a whole-buffer pull
         self._offset = 0.0
         self._offset_at = -math.inf
         self._lost = False
@@ -270,6 +298,18 @@ class ImuInlet:
         self._buf_addr = self._buf.ctypes.data
         self._ts_addr = self._ts.ctypes.data
         self._sample_bytes = self._buf.itemsize * self.n_channels
+        direct = DIRECT_PULL and hasattr(inlet, "do_pull_chunk")
+        self._pull_now = (_gil_held(inlet.do_pull_chunk) or inlet.do_pull_chunk) if direct else None
+        if direct:  # the usual call (everything queued, no wait): arguments built once
+            self._drain_args = (
+                inlet.obj,
+                ctypes.c_void_p(self._buf_addr),
+                ctypes.c_void_p(self._ts_addr),
+                ctypes.c_size_t(self._cap * self.n_channels),
+                ctypes.c_size_t(self._cap),
+                ctypes.c_double(0.0),
+                ctypes.byref(self._err),
+            )
         self._inlet = inlet
         self._last_data = pylsl.local_clock()
 
@@ -347,7 +387,13 @@ class ImuInlet:
             return len(ts)
         nch = self.n_channels
         err = self._err
-        n = inlet.do_pull_chunk(
+        if timeout <= 0 and start == 0 and max_samples == self._cap:
+            n = self._pull_now(*self._drain_args)  # the GIL is kept (see _gil_held)
+            if err.value:
+                handle_error(err)
+            return n // nch
+        fn = inlet.do_pull_chunk if timeout > 0 else self._pull_now
+        n = fn(
             inlet.obj,
             ctypes.c_void_p(self._buf_addr + start * self._sample_bytes),
             ctypes.c_void_p(self._ts_addr + start * 8),
@@ -360,8 +406,12 @@ class ImuInlet:
             handle_error(err)  # LostError, ... as pylsl raises them
         return n // nch
 
-    def _drain(self, timeout: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-        """Pull everything queued: raw (N, n_channels) copy and remote timestamps (N,).
+    def _drain(self, timeout: float = 0.0, full: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Pull everything queued: raw (N, n_channels) and remote timestamps (N,).
+
+        What fits in one buffer comes back as views of the reused buffers (valid until the
+        next pull; pull() converts them into arrays of its own), a longer backlog as copies.
+        `full`: a pull just filled the whole buffer with that many samples; carry on from it.
 
         With `timeout` > 0 and nothing queued, block in liblsl (the GIL released) until the
         first sample arrives or the timeout passes, then take whatever else is there (as
@@ -371,6 +421,9 @@ class ImuInlet:
         parts_x, parts_t = [], []
         first = timeout > 0
         cap = self._cap
+        if full:
+            parts_x.append(self._buf[:full].copy())
+            parts_t.append(self._ts[:full].copy())
         while True:
             if first:
                 n = self._pull_into(0, 1, timeout)
@@ -381,14 +434,14 @@ class ImuInlet:
                 n = self._pull_into(0, cap, 0.0)
             if n == 0:
                 break
+            if n < cap and not parts_t:  # the usual case: one pull got everything
+                return self._buf[:n], self._ts[:n]
             parts_x.append(self._buf[:n].copy())
             parts_t.append(self._ts[:n].copy())
             if n < cap:
                 break
         if not parts_t:
-            return np.empty((0, self.n_channels)), np.empty(0)
-        if len(parts_t) == 1:
-            return parts_x[0], parts_t[0]
+            return self._buf[:0], self._ts[:0]
         return np.concatenate(parts_x), np.concatenate(parts_t)
 
     def _trim_backlog(self, raw: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -418,18 +471,29 @@ class ImuInlet:
             if not self._try_reconnect():
                 return None
         try:
-            raw, ts = self._drain(timeout if not self._lost else 0.0)
-            now = local_clock()
-            self._refresh_offset(now)
+            if DIRECT_PULL and (timeout <= 0 or self._lost) and self._drain_args:
+                # non-blocking: one liblsl call on cached arguments; ingest makes ~2 of these
+                # per stream and round, most finding one sample or nothing
+                n = self._pull_now(*self._drain_args) // self.n_channels
+                if self._err.value:
+                    handle_error(self._err)
+                if n == 0:
+                    return self._nothing_new(local_clock())
+                if n < self._cap:
+                    raw, ts = self._buf[:n], self._ts[:n]
+                else:
+                    raw, ts = self._drain(0.0, full=n)
+            else:
+                raw, ts = self._drain(timeout if not self._lost else 0.0)
         except LostError:
             now = local_clock()
             self._on_lost(now, "liblsl reports the stream lost and cannot recover it")
             self._start_resolver()
             return None
+        now = local_clock()
         if len(ts) == 0:
-            if not self._lost and self.rate > 0 and now - self._last_data > self.lost_after_s:
-                self._on_lost(now, f"no samples for {now - self._last_data:.2f} s")
-            return None
+            return self._nothing_new(now)
+        self._refresh_offset(now)
         self._last_data = now
         if self._lost:
             self._lost = False
@@ -439,16 +503,14 @@ class ImuInlet:
                 "IMU stream %s: recovered after %.2f s", self._where(), now - self._lost_since
             )
         raw, ts = self._trim_backlog(raw, ts)
-        assert self.channel_index is not None and self.scale is not None
-        # raw and ts are this call's own copies: convert in place where that is the same
+        # raw and ts may be views of the reused buffers: each step below makes a new array
         if self._identity:
-            data = raw.astype(np.float64, copy=False)
+            data = raw.astype(np.float64)
         else:
-            data = raw[:, self.channel_index].astype(np.float64, copy=False)
+            data = raw[:, self.channel_index].astype(np.float64, copy=False)  # (a gather copies)
         if not self._unit_scale:
             data *= self.scale
-        ts += self._offset
-        stamps = ts
+        stamps = ts + self._offset
         # one sum tells whether every value is finite (a NaN/inf, or an overflow, is not):
         # only then look at the samples one by one
         if not math.isfinite(float(_add(data, axis=None)) + float(_add(stamps, axis=None))):
@@ -468,6 +530,11 @@ class ImuInlet:
             segments=self.segments,
             clock_offset=self._offset,
         )
+
+    def _nothing_new(self, now: float) -> None:
+        """An empty pull: a regular-rate stream silent for `lost_after_s` counts as lost."""
+        if not self._lost and self.rate > 0 and now - self._last_data > self.lost_after_s:
+            self._on_lost(now, f"no samples for {now - self._last_data:.2f} s")
 
     # ------------------------------------------------------------------ loss and recovery
 

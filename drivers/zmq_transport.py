@@ -58,6 +58,13 @@ FRAME_KEYS: tuple[str, ...] = ("camera", "seq", "t", "width", "height", "encodin
 #: After the first log line for a (sender, reason), repeat at most this often (with a count).
 BAD_INPUT_LOG_INTERVAL_S = 60.0
 
+# plain ints: pyzmq turns its enum constants into enum objects on every use (~3x the cost of
+# the option read itself, and the receiver reads one per message)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_add = np.add.reduce
+
 
 def free_tcp_endpoint() -> str:
     """`tcp://127.0.0.1:<port>` for a port that was free a moment ago.
@@ -407,19 +414,24 @@ class _Receiver(_Socketed):
     def _decode(self, parts: list[zmq.Frame], endpoint: str) -> Any:
         raise NotImplementedError
 
+    @staticmethod
+    def _recv_parts(sock: zmq.Socket) -> list[zmq.Frame]:
+        """One message's frames (recv_multipart without its per-frame enum lookups)."""
+        parts = [sock.recv(_NOBLOCK, copy=False)]
+        while parts[-1].more:  # the rest of a multipart message is there already
+            parts.append(sock.recv(copy=False))
+        return parts
+
     def poll(self, timeout_ms: int = 0) -> list[Any]:
         """Wait up to `timeout_ms` for traffic, then return everything queued (oldest first)."""
         out: list[Any] = []
-        ready = dict(self._poller.poll(timeout_ms))
-        for sock in self._sockets:
-            if sock not in ready:
-                continue
+        for sock, _ in self._poller.poll(timeout_ms):  # only the sockets with traffic
             endpoint = self._endpoint_of[sock]
             # ask the socket whether another message is there instead of reading until
             # zmq.Again: that exception costs more than the check, once per socket and poll
-            while len(out) < self.max_messages and sock.get(zmq.EVENTS) & zmq.POLLIN:
+            while len(out) < self.max_messages and sock.getsockopt(_EVENTS) & _POLLIN:
                 try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    parts = self._recv_parts(sock)
                 except zmq.Again:
                     break
                 try:
@@ -475,10 +487,13 @@ class KeypointReceiver(_Receiver):
             arr = self._joints_with_nulls(joints, camera)
         if arr.shape != (self.expected_joints, 3):
             raise _BadMessageError("wrong_type", f"joints shape {arr.shape}, need (K, 3)", camera)
-        bad = ~np.isfinite(arr).all(axis=1)
-        if bad.any():
-            arr[bad] = 0.0  # confidence 0 marks the joint missing; keep the message
-            self._count(camera, "nonfinite_joints", f"{int(bad.sum())} joint(s) set to conf 0")
+        # one sum says whether every value is finite (an overflow only sends it the slow way)
+        if not math.isfinite(float(_add(arr, axis=None))):
+            bad = ~np.isfinite(arr).all(axis=1)
+            if bad.any():
+                arr[bad] = 0.0  # confidence 0 marks the joint missing; keep the message
+                n_bad = int(bad.sum())
+                self._count(camera, "nonfinite_joints", f"{n_bad} joint(s) set to conf 0")
         self._check_seq(camera, msg["seq"])
         return KeypointMsg(camera, msg["seq"], float(msg["t"]), arr, msg["layout"])
 

@@ -135,6 +135,85 @@ def align_nearest(
 # ---- online ---------------------------------------------------------------------------------
 
 
+class SampleWindow:
+    """The last `span_s` of a stream's (stamps, values), appended chunk by chunk, read as views.
+
+    Why: the live sync reads every stream's recent samples 60 times a second; a list of chunks
+    concatenated on each read cost more than the interpolation itself. Here a chunk is copied
+    once into preallocated arrays and a read is two slices. Samples older than `span_s` behind
+    the newest are left out of reads and dropped when the arrays fill, but only while the
+    stamps up to there are in order (after a clock reset the older part stays until it is out
+    of reach); the arrays grow when they must.
+    """
+
+    def __init__(self, span_s: float = np.inf, capacity: int = 256) -> None:
+        self.span_s = span_s
+        self._t = np.empty(capacity)
+        self._x: np.ndarray | None = None
+        self._n = 0
+        self._first_break = np.inf  # first index whose stamp is not >= the one before it
+        self.newest = -np.inf
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, t: np.ndarray, x: np.ndarray) -> None:
+        m = len(t)
+        if m == 0:
+            return
+        x = np.asarray(x)
+        if self._x is None or (self._n == 0 and self._x.shape[1:] != x.shape[1:]):
+            self._x = np.empty((len(self._t), *x.shape[1:]), dtype=x.dtype)
+        elif self._x.shape[1:] != x.shape[1:]:
+            raise ValueError(
+                f"SampleWindow: samples of shape {x.shape[1:]} after {self._x.shape[1:]}"
+            )
+        if self._n + m > len(self._t):
+            self._make_room(m)
+        n = self._n
+        self._t[n : n + m] = t
+        self._x[n : n + m] = x
+        if self._first_break == np.inf:
+            lo = max(n - 1, 0)
+            ok = self._t[lo + 1 : n + m] >= self._t[lo : n + m - 1]
+            if not ok.all():
+                self._first_break = lo + 1 + int(np.argmin(ok))
+            elif n == 0 and not np.isfinite(self._t[0]):
+                self._first_break = 0
+        self._n = n + m
+        top = float(np.fmax.reduce(t)) if m > 1 else float(t[0])
+        if top > self.newest:  # (a NaN stamp compares False: it never becomes the newest)
+            self.newest = top
+
+    def _start(self) -> int:
+        """Index of the oldest sample within `span_s` of the newest (0 where not in order)."""
+        if not np.isfinite(self.span_s) or self._n == 0:
+            return 0
+        start = int(np.searchsorted(self._t[: self._n], self.newest - self.span_s, side="left"))
+        return start if start < self._first_break else 0
+
+    def _make_room(self, m: int) -> None:
+        cut, n = self._start(), self._n
+        keep = n - cut
+        assert self._x is not None
+        if keep + m > len(self._t) // 2:  # still crowded after the trim: grow
+            size = max(2 * len(self._t), 2 * (keep + m))
+            t_new, x_new = np.empty(size), np.empty((size, *self._x.shape[1:]), self._x.dtype)
+        else:
+            t_new, x_new = self._t, self._x
+        t_new[:keep] = self._t[cut:n]
+        x_new[:keep] = self._x[cut:n]
+        self._t, self._x, self._n = t_new, x_new, keep
+        self._first_break = self._first_break - cut if np.isfinite(self._first_break) else np.inf
+
+    def view(self) -> tuple[np.ndarray, np.ndarray]:
+        """(stamps, values) in arrival order from `span_s` behind the newest."""
+        if self._x is None or self._n == 0:
+            return np.zeros(0), np.zeros((0,))
+        start = self._start()
+        return self._t[start : self._n], self._x[start : self._n]
+
+
 class StreamSync:
     """Online timing for one stream: clock mapping, dejitter, buffer, alignment to ticks.
 
@@ -168,9 +247,7 @@ class StreamSync:
         self._pend_t: list[np.ndarray] = []
         self._pend_x: list[np.ndarray] = []
         self._pend_age = 0
-        self._bt: list[np.ndarray] = []  # buffered chunks, consolidated lazily
-        self._bx: list[np.ndarray] = []
-        self._last_t = -np.inf
+        self._buf = SampleWindow(buffer_s)
         self.pending_dropped = 0
         self.unmapped_dropped = 0
 
@@ -181,7 +258,7 @@ class StreamSync:
     @property
     def watermark(self) -> float:
         """Local time of the newest placed sample (-inf before any)."""
-        return self._last_t
+        return self._buf.newest
 
     @property
     def counters(self) -> dict[str, int]:
@@ -259,32 +336,14 @@ class StreamSync:
         return out, x
 
     def _empty_values(self) -> np.ndarray:
-        return self._bx[0][:0] if self._bx else np.zeros((0,))
+        return self._buf.view()[1][:0] if len(self._buf) else np.zeros((0,))
 
     def _append(self, t: np.ndarray, x: np.ndarray) -> None:
-        self._bt.append(t)
-        self._bx.append(np.asarray(x))
-        self._last_t = max(self._last_t, float(np.nanmax(t)))
-        if len(self._bt) >= 64:
-            self._consolidate()
-
-    def _consolidate(self) -> None:
-        if len(self._bt) > 1:
-            self._bt = [np.concatenate(self._bt)]
-            self._bx = [np.concatenate(self._bx)]
-        if self._bt and np.isfinite(self.buffer_s):
-            t = self._bt[0]
-            cut = int(np.searchsorted(t, self._last_t - self.buffer_s, side="left"))
-            if cut > 0 and np.all(np.diff(t[: cut + 1]) >= 0):
-                self._bt = [t[cut:]]
-                self._bx = [self._bx[0][cut:]]
+        self._buf.append(t, x)
 
     def buffered(self) -> tuple[np.ndarray, np.ndarray]:
         """The buffered (local stamps, values), oldest first."""
-        self._consolidate()
-        if not self._bt:
-            return np.zeros(0), np.zeros((0,))
-        return self._bt[0], self._bx[0]
+        return self._buf.view()
 
     def interpolate(self, ticks: np.ndarray, max_gap_s: float) -> tuple[np.ndarray, np.ndarray]:
         """`align_imu` over the buffer."""

@@ -121,7 +121,12 @@ class ModelConfig:
 
 @dataclass
 class SyncConfig:
-    max_wait_ms: float = 40.0  # after a tick's time, emit it with what is there
+    # causal: tick t takes each IMU stream's newest sample at or before t (at most
+    # max_hold_ms old), so it can go out at t; false: it interpolates between the samples
+    # around t and waits for the one after it (one IMU period more latency)
+    causal: bool = True
+    max_hold_ms: float = 25.0
+    max_wait_ms: float = 15.0  # after a tick's time, emit it with what is there
     wait_for: list[str] = field(default_factory=lambda: ["imu"])  # watermark modalities
     imu_max_gap_ms: float = 30.0  # widest IMU gap interpolated across
     video_tolerance_ms: float = 25.0  # nearest keypoint frame accepted for a tick
@@ -287,6 +292,8 @@ def _check(cfg: Config) -> None:
         )
     if cfg.sync.max_wait_ms < 0:
         raise ConfigError(src, "sync.max_wait_ms", "must be >= 0")
+    if cfg.sync.max_hold_ms < 0:
+        raise ConfigError(src, "sync.max_hold_ms", "must be >= 0")
     for i, m in enumerate(cfg.sync.wait_for):
         if m not in MODALITIES:
             raise ConfigError(src, f"sync.wait_for[{i}]", f"must be one of {MODALITIES}")

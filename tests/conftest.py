@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_worker_niceness", "0")  # as services.pipeline.connect_ray
 
 SHARED_DATA = Path(
     os.environ.get(

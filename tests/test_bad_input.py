@@ -411,7 +411,7 @@ def test_sync_masks_late_and_out_of_order_data_without_blocking(metrics: Metrics
             [subject(names)],
             Local(ticks),
             Local(metrics),
-            cfg=SyncConfig(max_wait_ms=40.0, stale_after_ms=500.0, dejitter=False),
+            cfg=SyncConfig(max_wait_ms=40.0, stale_after_ms=500.0, dejitter=False, causal=False),
         )
 
         def send(seg: str, t: np.ndarray) -> None:

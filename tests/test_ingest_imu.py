@@ -5,6 +5,7 @@ Real LSL on loopback, no Ray (`Local` stands in for the sync stage's handle).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -125,3 +126,62 @@ def test_stop_ends_a_blocked_worker_promptly(monkeypatch: pytest.MonkeyPatch) ->
     ing.stop()
     assert time.monotonic() - t0 < 1.0
     assert ing._thread is not None and not ing._thread.is_alive()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_causal_rule_sends_a_round_that_completes_a_tick_within_one_period(
+    monkeypatch: pytest.MonkeyPatch, causal: bool
+) -> None:
+    """tick_rate 60, streams at 100 Hz. A round whose newest samples lie 5 ms before tick k+1
+    completes it only under the causal rule (newest + 1/rate > tick): then it goes out at
+    once; otherwise it is held (no new tick), and goes out when the defer time runs out."""
+    monkeypatch.setenv("GAIT_STREAM_WAKE", "event")
+    names = {seg: f"{TAG}-causal{int(causal)}-{seg}" for seg in ("thigh_r", "shank_r")}
+    outlets = {
+        seg: pylsl.StreamOutlet(
+            make_stream_info(n, "IMU", IMU_CHANNELS, IMU_UNITS, 100.0, "float32", n),
+            chunk_size=0,
+        )
+        for seg, n in names.items()
+    }
+    table = {seg: None for seg in SEGMENTS}
+    for seg, n in names.items():
+        table[seg] = ImuStreamConfig(name=n, source_id=n)
+    sink = Sink()
+    ing = ImuIngest(
+        [SubjectConfig(id="s0", imu=table, cameras=[])],
+        Local(sink),
+        None,
+        resolve_timeout_s=2.0,
+        tick_rate=60.0,
+        hold_s=0.05,
+        causal=causal,
+    )
+    assert ing.causal is causal
+    assert sorted(ing.open()["up"]) == sorted(names.values())
+    inlets = [s.inlet for s in ing.sources]
+
+    def round_at(t: float) -> int:
+        """Push one sample per stream stamped t, poll once when both arrived; messages sent."""
+        queued = [i.queued() for i in inlets]
+        _push_round(outlets, t)
+        deadline = time.monotonic() + 2.0
+        while any(i.queued() <= q for i, q in zip(inlets, queued, strict=True)):
+            assert time.monotonic() < deadline, "samples never reached the inlets"
+            time.sleep(0.001)
+        ing.step([])
+        return len(sink.msgs)
+
+    try:
+        k = math.ceil(pylsl.local_clock() * 60.0) + 1
+        assert round_at(k / 60.0 + 0.001) == 1  # the first round always goes
+        n = round_at((k + 1) / 60.0 - 0.005)  # 5 ms short of tick k+1, 5 ms within a period
+        assert n == (2 if causal else 1)
+        if not causal:  # held, not lost: it goes out once the defer time has passed
+            time.sleep(max(ing.hold_s, ing.max_defer_s) + 0.01)
+            ing.step([])
+            assert len(sink.msgs) == 2
+        t_sent = [float(p.t[-1]) for p in sink.msgs[-1].parts]
+        np.testing.assert_allclose(t_sent, (k + 1) / 60.0 - 0.005, atol=1e-9)
+    finally:
+        ing.stop()

@@ -479,3 +479,33 @@ def test_pull_with_timeout_wakes_on_the_first_sample_not_the_timeout() -> None:
         assert more is not None
         n += len(more.timestamps)
     assert n == 3 and inlet.stats["samples"] == 3
+
+
+def test_chunks_own_their_arrays_and_non_blocking_pulls_keep_the_gil() -> None:
+    """pull() reads liblsl into reused buffers: a chunk must not change when the next pull
+    overwrites them. Non-blocking pulls go through a GIL-keeping (PyDLL) liblsl function,
+    blocking ones through pylsl's GIL-releasing one."""
+    import ctypes
+
+    u = _uid()  # double64: a float64 buffer, where astype(copy=False) would alias it
+    info = make_stream_info(
+        f"imu-{u}", "IMU", list(IMU_CHANNELS), list(IMU_UNITS), RATE, "double64", f"sid-{u}"
+    )
+    out = pylsl.StreamOutlet(info)
+    inlet = ImuInlet(_resolve_one(source_id=f"sid-{u}"), ["pelvis"])
+    inlet.open()
+    assert inlet._pull_now._flags_ & ctypes._FUNCFLAG_PYTHONAPI  # keeps the GIL
+    assert not inlet._inlet.do_pull_chunk._flags_ & ctypes._FUNCFLAG_PYTHONAPI
+    chunks = []
+    for k in range(3):
+        t = pylsl.local_clock()
+        out.push_sample(np.full(6, k + 1, np.float64), t)
+        _wait_queued(inlet, 1)
+        time.sleep(0.02)  # stamps 20 ms apart: a chunk sharing the buffer would show it
+        chunk = inlet.pull(timeout=0.5) if k == 2 else inlet.pull()
+        assert chunk is not None and len(chunk.timestamps) == 1
+        chunks.append((t, chunk))
+    for k, (t, chunk) in enumerate(chunks):
+        np.testing.assert_array_equal(chunk.data[0, 0], np.full(6, k + 1.0))
+        assert abs(chunk.timestamps[0] - t) < 0.005
+    assert inlet.pull() is None

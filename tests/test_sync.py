@@ -1,12 +1,13 @@
-"""The sync stage's stacked interpolation equals fusion.align.align_imu, stream by stream."""
+"""The sync stage: its stacked interpolation and nearest-frame pick equal fusion.align's,
+stream by stream; the causal rule; when ticks go out."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fusion.align import align_imu
-from services.actors.sync import interp_rows
+from fusion.align import SampleWindow, align_imu, align_nearest
+from services.actors.sync import interp_rows, nearest_rows
 
 
 def random_stream(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,11 +40,74 @@ def test_interp_rows_matches_align_imu(seed: int) -> None:
         assert np.isnan(values[i][~want_m]).all()
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_nearest_rows_matches_align_nearest(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    streams = []
+    for _ in range(4):  # cameras: frames at ~30 Hz, some lost, one NaN, one NaN stamp
+        t, x = random_stream(rng, int(rng.integers(0, 10)))
+        t = 10.0 + (t - 10.0) * 3.3
+        if len(t) > 4:
+            t[rng.integers(len(t))] = np.nan
+        streams.append((t, np.concatenate([x, x], axis=1)))
+    ticks = np.arange(600, 620) / 60.0
+    ticks[3] = (ticks[2] + ticks[4]) / 2  # not on the grid: ties and near ties happen
+    ticks.sort()
+    streams = [(t, x) for t, x in streams if len(t)]
+    values, mask = nearest_rows([t for t, _ in streams], [x for _, x in streams], ticks, 0.025)
+    for i, (t, x) in enumerate(streams):
+        want_v, want_m = align_nearest(t, x, ticks, 0.025)
+        np.testing.assert_array_equal(mask[i], want_m, err_msg=f"stream {i}")
+        np.testing.assert_array_equal(values[i][want_m], want_v[want_m])
+        assert np.isnan(values[i][~want_m]).all()
+
+
+def test_sample_window_keeps_the_span_and_survives_a_reset() -> None:
+    """Reads give the last `span_s`; after stamps jump back (a clock reset) nothing is cut
+    until the older part is out of reach; values keep their rows whatever the growth."""
+    w = SampleWindow(span_s=1.0, capacity=8)
+    t_all = np.arange(500) * 0.01
+    for i in range(0, 500, 3):
+        w.append(t_all[i : i + 3], np.stack([t_all[i : i + 3]] * 2, axis=1))
+        t, x = w.view()
+        assert t[-1] == t_all[min(i + 2, 499)]
+        edge = t[-1] - 1.0  # the oldest sample read is the first within 1 s of the newest
+        assert t[0] <= 1e-12 or edge - 1e-9 <= t[0] <= edge + 0.01 + 1e-9
+        np.testing.assert_array_equal(x[:, 0], t)
+    w.append(np.array([0.5, 0.51]), np.zeros((2, 2)))  # a reset: back in time
+    t, _ = w.view()
+    assert t[-1] == 0.51 and w.newest == t_all[-1]
+    assert len(t) > 100  # the part before the reset is not cut while out of order
+    with pytest.raises(ValueError, match="shape"):
+        w.append(np.array([5.0]), np.zeros((1, 3)))
+
+
 def test_interp_rows_empty_inputs() -> None:
     v, m = interp_rows([], [], np.array([1.0]), 0.03)
     assert v.shape == (0, 1, 0) and m.shape == (0, 1)
     v, m = interp_rows([np.array([1.0])], [np.ones((1, 6))], np.zeros(0), 0.03)
     assert v.shape == (1, 0, 6) and not m.any()
+
+
+def test_interp_rows_causal_takes_the_newest_sample_at_or_before_the_tick() -> None:
+    """The causal rule: each tick takes the newest sample at or before it, held (a spike is
+    not doubled by extrapolation), if at most `hold_s` old; samples after it change nothing."""
+    t = np.array([0.00, 0.01, 0.02, 0.03])
+    x = np.array([0.0, 0.0, 0.0, 50.0])[:, None].repeat(6, axis=1)  # a spike on the newest
+    ticks = np.array([0.02, 0.025, 0.0299, 0.03, 0.055, 0.07])
+    v, m = interp_rows([t], [x], ticks, 0.03, hold_s=0.025)
+    assert m[0].tolist() == [True, True, True, True, True, False]  # 0.07: 40 ms past the newest
+    np.testing.assert_array_equal(v[0, :5, 0], [0.0, 0.0, 0.0, 50.0, 50.0])
+    # the same ticks with the samples after them left out: the same values
+    for i, tick in enumerate(ticks[:5]):
+        keep = t <= tick
+        v1, _ = interp_rows([t[keep]], [x[keep]], np.array([tick]), 0.03, hold_s=0.025)
+        assert v1[0, 0, 0] == v[0, i, 0]
+    # a NaN newest sample masks the tick rather than carrying garbage
+    xn = x.copy()
+    xn[3] = np.nan
+    _, m3 = interp_rows([t], [xn], np.array([0.035]), 0.03, hold_s=0.025)
+    assert not m3[0, 0]
 
 
 # --------------------------------------------------------------------------- the stage
@@ -67,7 +131,7 @@ class _Sink:
         self.msgs.append(msg)
 
 
-def _sync_stage(monkeypatch: pytest.MonkeyPatch, clock: _Clock, wake: str):
+def _sync_stage(monkeypatch: pytest.MonkeyPatch, clock: _Clock, wake: str, causal: bool = False):
     import services.actors.sync as sync_mod
     from fusion.skeleton import SEGMENTS
     from services.actors.stage import Local
@@ -82,7 +146,7 @@ def _sync_stage(monkeypatch: pytest.MonkeyPatch, clock: _Clock, wake: str):
         [SubjectConfig(id="s0", imu=table, cameras=[])],
         Local(sink),
         None,
-        cfg=SyncConfig(max_wait_ms=40.0, stale_after_ms=250.0),
+        cfg=SyncConfig(max_wait_ms=40.0, stale_after_ms=250.0, causal=causal),
         imu_rate_hint=100.0,
     )
     return sync, sink
@@ -123,6 +187,58 @@ def test_tick_goes_out_when_raw_stamp_jitters_just_before_it(
         assert emitted and emitted[-1] == ticks_of
     else:
         assert ticks_of not in emitted
+
+
+def test_causal_tick_goes_out_at_its_time_without_the_sample_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Causal: once the sample before a tick is in, the tick is complete; it goes out when the
+    clock reaches it (not before), and the stage sleeps exactly until then."""
+    clock = _Clock(1000.0)
+    sync, sink = _sync_stage(monkeypatch, clock, "event", causal=True)
+    rate = 60.0
+    grid = 1000.0 + 3e-4 + np.arange(300) * 0.01  # 3 s of 100 Hz samples, 0.3 ms off the ticks
+    for i in range(0, len(grid), 5):
+        t = grid[i : i + 5]
+        clock.t = float(t[-1]) + 0.0002  # each round arrives 0.2 ms after its newest sample
+        sync.step([_imu_msg(t, clock.t)])
+    emitted = np.concatenate([b.t for m in sink.msgs for b in m.batches.values()])
+    newest = grid[-1]
+    next_tick = (np.floor(newest * rate + 1e-9) + 1) / rate
+    if next_tick >= newest + 0.01:  # the sample after this one completes it: not our case
+        next_tick -= 1.0 / rate
+    # every tick up to the clock went out, none after it
+    assert emitted[-1] <= clock.t and emitted[-1] >= clock.t - 1.0 / rate
+    k_next = sync.subjects["s0"].k_next
+    assert k_next is not None
+    due = k_next / rate
+    if due < newest + 0.01 and due > clock.t:  # complete, not yet due: wake exactly then
+        assert sync.wait_s() == pytest.approx(due - clock.t, abs=1e-9)
+        sink.msgs.clear()
+        clock.t = due
+        sync.step([])
+        assert [round(x * rate) for m in sink.msgs for x in m.batches["s0"].t] == [k_next]
+    assert np.all(np.diff(emitted) > 0)
+
+
+def test_causal_rule_never_waits_for_the_next_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interpolating, a tick whose bracketing sample has not arrived stays in; causal, the
+    same tick goes out with the newest sample carried forward."""
+    grid = 1000.0 + 3e-4 + np.arange(200) * 0.01
+    out = {}
+    for causal in (False, True):
+        clock = _Clock(1000.0)
+        sync, sink = _sync_stage(monkeypatch, clock, "event", causal=causal)
+        for i in range(0, len(grid), 4):
+            t = grid[i : i + 4]
+            clock.t = float(t[-1]) + 0.0002
+            sync.step([_imu_msg(t, clock.t)])
+        clock.t = grid[-1] + 0.0099  # almost a period later, the next sample still not in
+        sync.step([])
+        out[causal] = max(x for m in sink.msgs for x in m.batches["s0"].t)
+    assert out[False] <= grid[-1]
+    assert out[True] > grid[-1]  # a tick past the newest sample went out
+    assert out[True] - grid[-1] < 0.01
 
 
 def test_sync_sleeps_until_the_max_wait_deadline(monkeypatch: pytest.MonkeyPatch) -> None:

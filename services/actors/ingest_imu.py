@@ -35,7 +35,7 @@ import numpy as np
 
 from drivers.lsl_inlets import ImuInlet, StreamFormatError, local_clock
 from drivers.selectors import StreamSelector, resolve
-from services.actors.messages import ImuMsg, ImuPart
+from services.actors.messages import ImuMsg
 from services.actors.stage import Stage, call, recent_ms
 from services.config import SubjectConfig
 from services.trace import Trace
@@ -64,6 +64,7 @@ class ImuSource:
     newest: float = -math.inf  # newest sample time delivered
     fresh: bool = False  # delivered since the last message to sync
     logged: set[str] = field(default_factory=set)
+    uncounted: int = 0  # samples not yet added to the input metric (added at flush)
 
 
 def imu_sources(subjects: list[SubjectConfig]) -> list[ImuSource]:
@@ -102,6 +103,7 @@ class ImuIngest(Stage):
         hold_s: float = 0.004,
         tick_rate: float = 60.0,
         flush_s: float = 0.25,
+        causal: bool = False,
     ) -> None:
         super().__init__(metrics=metrics, flush_s=flush_s)
         self.sync = sync
@@ -118,9 +120,16 @@ class ImuIngest(Stage):
         self.hold_s = hold_s
         self.poll_skip = 0.8  # of a period after a delivery, the next poll
         self.stale_s = 0.25
-        self._parts: list[ImuPart] = []
+        # held parts as plain tuples (subject, stream, segments, t, data, rate); ImuMsg is
+        # built from them at send time (no per-packet ImuPart objects)
+        self._parts: list[tuple[str, str, tuple[str, ...], np.ndarray, np.ndarray, float]] = []
+        self._newest_held = -math.inf  # newest sample time among the held parts
+        self._received = 0.0  # local clock of the newest held part's pull
         self._first_part: float | None = None
         self.tick_rate = tick_rate
+        #: the sync's causal rule: tick t is complete once every stream has a sample within
+        #: one period before it, so a stream's data counts up to newest + 1/rate
+        self.causal = bool(causal)
         self.max_defer_s = 0.015
         self._held_since = math.inf
         self._sent_tick = -(2**62)
@@ -274,9 +283,13 @@ class ImuIngest(Stage):
         self._finish_round(active, now)
 
     def _pull_ready(self, active: list[ImuSource], now: float) -> None:
-        """Non-blocking pull of every stream that may have something new."""
+        """Non-blocking pull of every stream that may have something new.
+
+        A stream the round still lacks is always asked (an empty non-blocking pull costs ~2 µs
+        and keeps the GIL); one that delivered this round is skipped until ~its next period.
+        """
         for src in active:
-            if now < src.next_poll:
+            if src.fresh and now < src.next_poll:
                 continue  # delivered a moment ago: nothing new before ~its next period
             self._pull_source(src, now)
 
@@ -300,16 +313,21 @@ class ImuIngest(Stage):
         if timeout > 0:
             now = local_clock()  # it arrived now, not when the wait began
         t = self._check_clock(src, chunk.timestamps, now)
+        rate = inlet.rate
         src.last_arrival = now
-        if inlet.rate > 0:
-            src.next_poll = now + self.poll_skip / inlet.rate
+        if rate > 0:
+            src.next_poll = now + self.poll_skip / rate
         src.fresh = True
-        src.newest = max(src.newest, float(t[-1]))
-        self.samples += len(t)
-        self.buf.inc("input", (src.subject, src.label, "imu"), len(t))
-        self._parts.append(
-            ImuPart(src.subject, src.label, chunk.segments, t, chunk.data, inlet.rate, now)
-        )
+        last = float(t[-1])
+        if last > src.newest:
+            src.newest = last
+        if last > self._newest_held:
+            self._newest_held = last
+        self._received = now
+        n = len(t)
+        self.samples += n
+        src.uncounted += n
+        self._parts.append((src.subject, src.label, chunk.segments, t, chunk.data, rate))
         self._last_src = src
         if self._first_part is None:
             self._first_part = now
@@ -371,19 +389,25 @@ class ImuIngest(Stage):
         """
         if self.tick_rate <= 0 or now - self._held_since >= self.max_defer_s:
             return True
-        live = [
-            s.newest
-            for s in active
-            if s.last_arrival is not None and now - s.last_arrival < self.stale_s
-        ]
-        if not live or not all(math.isfinite(w) for w in live):
-            return True  # a stream without data yet: no watermark to reason about
+        stale = self.stale_s
+        causal = self.causal
+        watermark = math.inf
+        for s in active:
+            if s.last_arrival is None or now - s.last_arrival >= stale:
+                continue
+            w = s.newest
+            if causal and s.inlet is not None and s.inlet.rate > 0:
+                w += 1.0 / s.inlet.rate - 1e-6  # (as the sync: strictly within one period)
+            if w < watermark:
+                watermark = w
+        if not math.isfinite(watermark):
+            return True  # a stream without data yet, or none live: no watermark to reason about
         # raw stamps jitter: a sample due right at a tick may be stamped a little before it,
         # and the sync stage's dejittered watermark can still let that tick out; but only
         # the strict watermark counts as sent, so if it did not, the next round goes at once
-        k_loose = math.floor((min(live) + self.raw_slack_s) * self.tick_rate + 1e-9)
+        k_loose = math.floor((watermark + self.raw_slack_s) * self.tick_rate + 1e-9)
         if k_loose > self._sent_tick:
-            self._sent_tick = math.floor(min(live) * self.tick_rate + 1e-9)
+            self._sent_tick = math.floor(watermark * self.tick_rate + 1e-9)
             return True
         return False
 
@@ -404,11 +428,25 @@ class ImuIngest(Stage):
 
     def _send(self) -> None:
         self._held_since = math.inf
-        newest = max(float(p.t[-1]) for p in self._parts)
+        parts = self._parts
+        newest = self._newest_held
         trace = Trace(origin=newest).stamp("ingest")
         self._ages.append(trace.last() - newest)
-        call(self.sync, "put", ImuMsg.pack(self._parts, trace))
+        # ImuMsg.pack's layout, built straight from the held tuples
+        msg = ImuMsg(
+            subjects=[p[0] for p in parts],
+            streams=[p[1] for p in parts],
+            segments=[p[2] for p in parts],
+            rates=[float(p[5]) for p in parts],
+            counts=np.array([len(p[3]) for p in parts], dtype=np.int64),
+            t=np.concatenate([p[3] for p in parts]),
+            data=np.concatenate([p[4].reshape(-1, 6) for p in parts]),
+            received=self._received,
+            trace=trace,
+        )
+        call(self.sync, "put", msg)
         self._parts = []
+        self._newest_held = -math.inf
         self._first_part = None
         for src in self.sources:
             src.fresh = False
@@ -418,13 +456,18 @@ class ImuIngest(Stage):
             now = local_clock()
             with self._lock:
                 active = [s for s in self.sources if s.inlet is not None]
+            for src in self.sources:  # (counted per flush, not per packet: same totals)
+                if src.uncounted:
+                    self.buf.inc("input", (src.subject, src.label, "imu"), src.uncounted)
+                    src.uncounted = 0
             for src in active:
                 self._account(src, now)
         super().flush(force)
 
     def _check_clock(self, src: ImuSource, t: np.ndarray, now: float) -> np.ndarray:
         """Timestamps far from arrival time: re-anchor the stream (see module docstring)."""
-        t = t + src.correction
+        if src.correction:
+            t = t + src.correction
         skew = float(t[-1]) - now
         if abs(skew) > self.clock_jump_s:
             src.correction -= skew

@@ -16,8 +16,8 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
-import pylsl
 
+from drivers.lsl_inlets import local_clock
 from drivers.zmq_transport import KeypointReceiver
 from fusion.skeleton import KEYPOINTS
 from services.actors.messages import KeypointPart, KeypointsMsg
@@ -89,13 +89,13 @@ class KeypointIngest(Stage):
             self._take(self.receiver.poll(0))
             rest = 0.0
         if rest <= 0:
-            self._send(pylsl.local_clock())
+            self._send(local_clock())
 
     def _take(self, got: list[Any]) -> None:
         """Hold what arrived, by camera; count and log (once) cameras no subject lists."""
         if not got:
             return
-        now = pylsl.local_clock()
+        now = local_clock()
         for msg in got:
             if msg.camera not in self.camera_subject:
                 self.buf.inc("bad_input", (msg.camera, "unknown_camera"))
@@ -119,11 +119,12 @@ class KeypointIngest(Stage):
         newest = -np.inf
         for cam, msgs in self._held.items():
             subject = self.camera_subject[cam]
-            t = np.array([m.t for m in msgs], dtype=np.float64)
-            joints = np.stack([m.joints for m in msgs]).astype(np.float64)
+            times = [m.t for m in msgs]
+            t = np.array(times, dtype=np.float64)
+            joints = np.array([m.joints for m in msgs], dtype=np.float64)  # stack and widen
             parts.append(KeypointPart(subject, cam, t, joints, now))
             self.buf.inc("input", (subject, cam, "keypoints"), len(msgs))
-            newest = max(newest, float(t.max()))
+            newest = max(newest, max(times))
             self.frames += len(msgs)
         self._held = defaultdict(list)
         self._first = None
@@ -145,7 +146,7 @@ class KeypointIngest(Stage):
 
     def flush(self, force: bool = False) -> None:
         if force or time.monotonic() - self._last_flush >= self.flush_s:
-            self._account(pylsl.local_clock())
+            self._account(local_clock())
         super().flush(force)
 
     def summary(self) -> dict[str, Any]:

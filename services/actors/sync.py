@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pylsl
 
-from fusion.align import StreamSync, align_imu, align_nearest
+from fusion.align import SampleWindow, StreamSync
 from fusion.estimators.base import SyncedBatch
 from fusion.skeleton import KEYPOINTS, SEGMENT_INDEX, SEGMENTS
 from services.actors.messages import ImuMsg, KeypointsMsg, TickMsg
@@ -38,7 +38,7 @@ from services.actors.stage import Stage, call
 from services.config import SubjectConfig, SyncConfig
 from services.trace import Trace
 
-__all__ = ["RawBuffer", "Sync", "interp_rows"]
+__all__ = ["RawBuffer", "Sync", "interp_rows", "nearest_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,30 @@ log = logging.getLogger(__name__)
 DEV_WINDOW = 128
 
 
+def _stack(ts: list[np.ndarray], xs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pad streams to (S, L) stamps (inf) and (S, L, C) values (NaN), each sorted by stamp
+    (non-finite stamps last); also the (S, 1) count of finite stamps."""
+    S = len(ts)
+    C = xs[0].shape[1]
+    L = max(len(t) for t in ts)
+    T = np.full((S, L), np.inf)
+    X = np.full((S, L, C), np.nan)
+    for i, (t, x) in enumerate(zip(ts, xs, strict=True)):
+        T[i, : len(t)] = t
+        X[i, : len(t)] = x
+    T[~np.isfinite(T)] = np.inf
+    order = np.argsort(T, axis=1, kind="stable")
+    T = np.take_along_axis(T, order, axis=1)
+    X = np.take_along_axis(X, order[..., None], axis=1)
+    return T, X, np.isfinite(T).sum(axis=1)[:, None]
+
+
 def interp_rows(
-    ts: list[np.ndarray], xs: list[np.ndarray], ticks: np.ndarray, max_gap_s: float
+    ts: list[np.ndarray],
+    xs: list[np.ndarray],
+    ticks: np.ndarray,
+    max_gap_s: float,
+    hold_s: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """fusion.align.align_imu's rule for many streams at once: (S, N, C) values, (S, N) mask.
 
@@ -57,29 +79,31 @@ def interp_rows(
     tick equal to a sample takes it (duplicates: the later one), a tick between two samples
     at most `max_gap_s` apart is linearly interpolated, anything else or non-finite is
     masked (NaN, False).
+
+    With `hold_s` (the causal rule) a tick sees only the samples at or before it and takes
+    the newest if it is at most `hold_s` old. Held, not extrapolated: real IMU data has
+    sample-to-sample spikes (impacts) that a line through the last two samples doubles
+    (qmt recording: 45 rad/s off on a thigh gyro), and an orientation filter integrates them.
+    Samples after the tick never count, so the value does not depend on when it went out.
     """
     S, N = len(ts), len(ticks)
     C = xs[0].shape[1] if S else 0
-    L = max((len(t) for t in ts), default=0)
     values = np.full((S, N, C), np.nan)
-    mask = np.zeros((S, N), bool)
-    if S == 0 or N == 0 or L == 0:
-        return values, mask
-    T = np.full((S, L), np.inf)
-    X = np.full((S, L, C), np.nan)
-    for i, (t, x) in enumerate(zip(ts, xs, strict=True)):
-        T[i, : len(t)] = t
-        X[i, : len(t)] = x
-    T[~np.isfinite(T)] = np.inf  # NaN stamps sort last, like align_imu drops them
-    order = np.argsort(T, axis=1, kind="stable")
-    T = np.take_along_axis(T, order, axis=1)
-    X = np.take_along_axis(X, order[..., None], axis=1)
-    n_ok = np.isfinite(T).sum(axis=1)[:, None]  # (S, 1)
+    if S == 0 or N == 0 or max(len(t) for t in ts) == 0:
+        return values, np.zeros((S, N), bool)
+    T, X, n_ok = _stack(ts, xs)  # NaN stamps sort last, like align_imu drops them
+    L = T.shape[1]
     hi = (T[:, :, None] <= ticks[None, None, :]).sum(axis=1)  # (S, N): first sample > tick
     lo = hi - 1
     loc = np.clip(lo, 0, L - 1)
-    hic = np.where(hi < n_ok, hi, loc)
     t_lo = np.take_along_axis(T, loc, axis=1)
+    x_lo = np.take_along_axis(X, loc[..., None], axis=1)
+    if hold_s is not None:
+        ok = (lo >= 0) & (ticks[None, :] - t_lo <= hold_s)
+        mask = ok & np.isfinite(x_lo).all(axis=2)
+        values[mask] = x_lo[mask]
+        return values, mask
+    hic = np.where(hi < n_ok, hi, loc)
     t_hi = np.take_along_axis(T, hic, axis=1)
     exact = (lo >= 0) & (t_lo == ticks[None, :])
     with np.errstate(invalid="ignore"):  # rows without samples: inf - inf, masked below
@@ -87,11 +111,40 @@ def interp_rows(
         ok = exact | ((lo >= 0) & (hi < n_ok) & (span <= max_gap_s))
         good = ok & ~exact & (span > 0)
         w = np.where(good, (ticks[None, :] - t_lo) / np.where(good, span, 1.0), 0.0)
-    x_lo = np.take_along_axis(X, loc[..., None], axis=1)
     x_hi = np.take_along_axis(X, hic[..., None], axis=1)
     interp = x_lo * (1.0 - w[..., None]) + x_hi * w[..., None]
     mask = ok & np.isfinite(interp).all(axis=2)
     values[mask] = interp[mask]
+    return values, mask
+
+
+def nearest_rows(
+    ts: list[np.ndarray], xs: list[np.ndarray], ticks: np.ndarray, tol_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """fusion.align.align_nearest for many streams at once: (S, N, C) values, (S, N) mask.
+
+    Why: the sync stage picks 4 cameras' frames per subject 60 times a second (see
+    interp_rows). Same rule (tests/test_sync.py checks it): the nearest sample within `tol_s`,
+    ties to the earlier one; non-finite values or stamps masked.
+    """
+    S, N = len(ts), len(ticks)
+    C = xs[0].shape[1] if S else 0
+    values = np.full((S, N, C), np.nan)
+    if S == 0 or N == 0 or max(len(t) for t in ts) == 0:
+        return values, np.zeros((S, N), bool)
+    T, X, n_ok = _stack(ts, xs)
+    top = np.maximum(n_ok - 1, 0)
+    hi = np.minimum((T[:, :, None] < ticks[None, None, :]).sum(axis=1), top)
+    lo = np.maximum(hi - 1, 0)
+    t_lo = np.take_along_axis(T, lo, axis=1)
+    t_hi = np.take_along_axis(T, hi, axis=1)
+    with np.errstate(invalid="ignore"):
+        d_lo, d_hi = np.abs(t_lo - ticks[None, :]), np.abs(t_hi - ticks[None, :])
+    pick = np.where(d_lo <= d_hi, lo, hi)
+    d = np.where(d_lo <= d_hi, d_lo, d_hi)
+    x = np.take_along_axis(X, pick[..., None], axis=1)
+    mask = (n_ok > 0) & (d <= tol_s) & np.isfinite(x).all(axis=2)
+    values[mask] = x[mask]
     return values, mask
 
 
@@ -103,30 +156,18 @@ class RawBuffer:
     def __init__(self, nominal_srate: float = 0.0, buffer_s: float = 1.0) -> None:
         self.nominal_srate = float(nominal_srate)
         self.buffer_s = buffer_s
-        self._t: list[np.ndarray] = []
-        self._x: list[np.ndarray] = []
-        self.watermark = -math.inf
+        self._buf = SampleWindow(buffer_s)
+
+    @property
+    def watermark(self) -> float:
+        return self._buf.newest
 
     def push(self, t: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if len(t):
-            self._t.append(np.asarray(t, dtype=np.float64))
-            self._x.append(np.asarray(x))
-            self.watermark = max(self.watermark, float(np.max(t)))
-            if len(self._t) > 32:
-                self.buffered()
+        self._buf.append(np.asarray(t, dtype=np.float64), x)
         return t, x
 
     def buffered(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self._t:
-            return np.zeros(0), np.zeros((0,))
-        if len(self._t) > 1:
-            self._t = [np.concatenate(self._t)]
-            self._x = [np.concatenate(self._x)]
-        t = self._t[0]
-        cut = int(np.searchsorted(t, self.watermark - self.buffer_s, side="left"))
-        if cut > 0 and t[cut - 1] <= t[cut]:  # sorted there: trim the old part
-            self._t, self._x = [t[cut:]], [self._x[0][cut:]]
-        return self._t[0], self._x[0]
+        return self._buf.view()
 
 
 @dataclass
@@ -226,6 +267,8 @@ class Sync(Stage):
         self.stale = self.cfg.stale_after_ms / 1e3
         self.max_behind_ticks = max(1, int(max_behind_s * self.rate))
         self.wait_for = set(self.cfg.wait_for)
+        # causal: how old the newest IMU sample may be when a tick takes it (None: interpolate)
+        self.hold = self.cfg.max_hold_ms / 1e3 if self.cfg.causal else None
         self.dejitter_max_dev = 0.005  # s: typical dejitter deviation tolerated, see _flush_imu
         # raw stamps jitter around the dejittered ones: a stream whose raw watermark is this
         # close below a tick may already let it out (see _ready_ticks)
@@ -430,13 +473,23 @@ class Sync(Stage):
         times = []
         for subj in self.subjects.values():
             if subj.k_next is not None:
-                times.append(subj.k_next / self.rate + self.max_wait)
+                due = subj.k_next / self.rate
+                times.append(due + self.max_wait)
+                if self.hold is not None and self._complete_by(subj, due):
+                    times.append(due)  # causal: its data is in; it goes out on time
             elif subj.first_seen is not None:
                 times.append(subj.first_seen + self.stale)
             times += [st.last_arrival + self.stale for st in self._streams_for(subj)]
         # a deadline already past was handled by the step that ran then: only data helps now
         future = [t - now for t in times if t > now]
         return min(self.idle_s, max(min(future, default=self.idle_s), 0.0005))
+
+    def _complete_by(self, subj: _Subject, due: float) -> bool:
+        """Whether every awaited stream already has (raw) data that completes tick `due`."""
+        marks = [
+            s.raw_watermark + self.raw_slack_s + self._lead(s) for s in self._streams_for(subj)
+        ]
+        return bool(marks) and min(marks) >= due
 
     def _streams_for(self, subj: _Subject) -> list[_Stream]:
         out: list[_Stream] = []
@@ -454,14 +507,15 @@ class Sync(Stage):
         assert subj.k_next is not None
         # cheap test on raw stamps first; dejitter only when a tick may be due
         slack = self.raw_slack_s
-        k_last = self._last_ready(subj.k_next, [s.raw_watermark + slack for s in live], now)
+        raw = [s.raw_watermark + slack + self._lead(s) for s in live]
+        k_last = self._last_ready(subj.k_next, raw, now)
         if k_last < subj.k_next:
             return None
         for st in subj.video.values():
             st.flush()
         for st in subj.imu.values():
             self._flush_imu(subj, st)
-        k_last = self._last_ready(subj.k_next, [s.watermark for s in live], now)
+        k_last = self._last_ready(subj.k_next, [s.watermark + self._lead(s) for s in live], now)
         if k_last < subj.k_next:
             return None
         n = k_last - subj.k_next + 1
@@ -474,6 +528,17 @@ class Sync(Stage):
         subj.k_next = k_last + 1
         subj.last_tick = float(ticks[-1])
         return ticks
+
+    def _lead(self, st: _Stream) -> float:
+        """How far past a stream's newest sample its data is complete for a tick.
+
+        Interpolating, a tick needs a sample at or after it (0). Causal, it needs only the
+        newest sample at or before it: once a sample at w is in, nothing more before w + one
+        period will come (streams arrive in order), so every tick before that is complete.
+        """
+        if self.hold is None or st.kind != "imu" or st.sync.nominal_srate <= 0:
+            return 0.0
+        return 1.0 / st.sync.nominal_srate - 1e-6
 
     def _first_tick(
         self, subj: _Subject, wait: list[_Stream], live: list[_Stream], now: float
@@ -528,37 +593,39 @@ class Sync(Stage):
         n = len(ticks)
         imu = np.full((n, len(SEGMENTS), 6), np.nan)
         imu_mask = np.zeros((n, len(SEGMENTS)), bool)
-        single: list[tuple[_Stream, np.ndarray, np.ndarray]] = []
+        # every sensor of every stream in one stacked pass (a multi-sensor stream: one row per
+        # sensor, so a NaN in one sensor masks only that sensor)
+        ts: list[np.ndarray] = []
+        xs: list[np.ndarray] = []
+        idx: list[int] = []
+        since = ticks[0] - (self.max_gap if self.hold is None else self.hold)
         for st in subj.imu.values():
-            bt, bx = self._recent(st, ticks[0] - self.max_gap)
+            bt, bx = self._recent(st, since)
             if not len(bt):
                 continue
-            if len(st.index) == 1:
-                single.append((st, bt, bx.reshape(len(bt), 6)))
-                continue
-            vals, m = align_imu(bt, bx, ticks, self.max_gap)  # a multi-sensor stream
-            vals = vals.reshape(n, len(st.index), 6)
-            ok = m[:, None] & np.isfinite(vals).all(axis=2)
-            imu[:, st.index] = np.where(ok[..., None], vals, np.nan)
-            imu_mask[:, st.index] = ok
-        if single:  # one sensor per stream (the usual case): all of them in one pass
-            vals, m = interp_rows(
-                [b[1] for b in single], [b[2] for b in single], ticks, self.max_gap
-            )
-            idx = [b[0].index[0] for b in single]
+            bx = bx.reshape(len(bt), len(st.index), 6)
+            for j, seg in enumerate(st.index):
+                ts.append(bt)
+                xs.append(bx[:, j])
+                idx.append(seg)
+        if idx:
+            vals, m = interp_rows(ts, xs, ticks, self.max_gap, self.hold)
             imu[:, idx] = vals.transpose(1, 0, 2)
             imu_mask[:, idx] = m.T
         n_cam = len(subj.video)
         kp = np.full((n, n_cam, len(KEYPOINTS), 3), np.nan)
         kp_mask = np.zeros((n, n_cam), bool)
+        ts, xs, idx = [], [], []
         for st in subj.video.values():
             bt, bx = self._recent(st, ticks[0] - self.tol)
-            if not len(bt):
-                continue
-            vals, m = align_nearest(bt, bx, ticks, self.tol)
-            c = st.index[0]
-            kp[:, c] = vals.reshape(n, len(KEYPOINTS), 3)
-            kp_mask[:, c] = m
+            if len(bt):
+                ts.append(bt)
+                xs.append(bx.reshape(len(bt), -1))
+                idx.append(st.index[0])
+        if idx:
+            vals, m = nearest_rows(ts, xs, ticks, self.tol)
+            kp[:, idx] = vals.transpose(1, 0, 2).reshape(n, len(idx), len(KEYPOINTS), 3)
+            kp_mask[:, idx] = m.T
         missing_imu = int(np.count_nonzero((~imu_mask[:, subj.expected_segments]).any(axis=1)))
         if missing_imu:
             self.buf.inc("masked", (subj.id, "imu"), missing_imu)
