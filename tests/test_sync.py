@@ -241,6 +241,27 @@ def test_causal_rule_never_waits_for_the_next_sample(monkeypatch: pytest.MonkeyP
     assert out[True] - grid[-1] < 0.01
 
 
+def test_causal_jitter_is_not_counted_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A causal tick goes out before the sample after it; that sample's raw stamp may jitter
+    to just before the tick. It is not late (its place on the grid is after the tick)."""
+    clock = _Clock(1000.0)
+    sync, sink = _sync_stage(monkeypatch, clock, "event", causal=True)
+    rng = np.random.default_rng(3)
+    grid = 1000.0 + 3e-4 + np.arange(400) * 0.01
+    stamps = grid + rng.normal(0.0, 5e-4, len(grid))
+    for i in range(len(grid)):
+        clock.t = float(grid[i]) + 0.0002
+        sync.step([_imu_msg(stamps[i : i + 1], clock.t)])
+        w = sync.wait_s()
+        if w < 0.0099:  # a complete tick falls due before the next sample: wake for it
+            clock.t += w
+            sync.step([])
+    assert sum(len(m.batches["s0"].t) for m in sink.msgs) > 200
+    payload = sync.buf.take() or {}
+    late = {k: v for k, v in payload.get("inc", {}).items() if k[0] == "late"}
+    assert not late, late
+
+
 def test_sync_sleeps_until_the_max_wait_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = _Clock(1000.0)
     sync, sink = _sync_stage(monkeypatch, clock, "event")
