@@ -8,16 +8,20 @@ time it was published (DESIGN.md, "Outputs").
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 from types import TracebackType
 
 import numpy as np
 import pylsl
+import pylsl.lib
+from pylsl.util import handle_error
 
 from fusion.skeleton import ANGLES, GAIT_PARAMS
 
 __all__ = [
     "AnglesOutlet",
+    "ChunkPusher",
     "EventsOutlet",
     "GaitOutlet",
     "make_stream_info",
@@ -73,6 +77,76 @@ def make_stream_info(
     if subject is not None:
         desc.append_child_value("subject", subject)
     return info
+
+
+#: liblsl's per-sample-timestamp chunk pushes, by channel format, with the numpy dtype they take
+_RAW_PUSH = {
+    "float32": ("lsl_push_chunk_ftnp", np.float32),
+    "double64": ("lsl_push_chunk_dtnp", np.float64),
+}
+_FORMAT_NAMES = {pylsl.cf_float32: "float32", pylsl.cf_double64: "double64"}
+_raw_lib: ctypes.CDLL | None = None
+
+
+def _raw_push_function(fmt: str) -> ctypes._CFuncPtr:
+    """Our own handle on pylsl's liblsl (same library, own function objects), so setting
+    argtypes here changes nothing for pylsl's callers."""
+    global _raw_lib
+    if _raw_lib is None:
+        _raw_lib = ctypes.CDLL(pylsl.lib.lib._name)
+    fn = getattr(_raw_lib, _RAW_PUSH[fmt][0])
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class ChunkPusher:
+    """Numeric chunks with one timestamp per sample, handed straight to liblsl.
+
+    Same liblsl call (`lsl_push_chunk_*tnp`, pushthrough on) and so the same samples and
+    stamps as `StreamOutlet.push_chunk(values, list_of_stamps)`, without its per-call
+    conversions (ctypes stamp array, dtype/shape checks): ~1.3 µs a call instead of ~7 µs.
+    That matters where many outlets are pushed every few ms (the simulated lab's 13 IMUs per
+    subject at 100 Hz). `push` checks its arguments; `push_raw` is the unchecked hot path.
+    """
+
+    __slots__ = ("_fn", "_handle", "channels", "dtype", "name", "outlet")
+
+    def __init__(self, outlet: pylsl.StreamOutlet, name: str = "") -> None:
+        fmt = _FORMAT_NAMES.get(outlet.channel_format)
+        if fmt is None:
+            raise ValueError(
+                f"outlet '{name}': ChunkPusher takes float32 or double64 streams, not channel "
+                f"format {outlet.channel_format}"
+            )
+        self.name = name
+        self.outlet = outlet  # keeps the liblsl outlet alive while we hold its handle
+        self.channels = int(outlet.channel_count)
+        self.dtype = np.dtype(_RAW_PUSH[fmt][1])
+        self._fn = _raw_push_function(fmt)
+        self._handle = outlet.obj.value
+
+    def push(self, values: np.ndarray, stamps: np.ndarray) -> int:
+        """Push (N, channels) values (any numeric dtype) stamped with (N,) float64 times."""
+        x = np.ascontiguousarray(values, dtype=self.dtype)
+        if x.ndim == 1:
+            x = x.reshape(1, -1)
+        ts = np.ascontiguousarray(stamps, dtype=np.float64).reshape(-1)
+        if x.ndim != 2 or x.shape[1] != self.channels or len(ts) != x.shape[0]:
+            raise ValueError(
+                f"outlet '{self.name}': values of shape {np.shape(values)} and "
+                f"{len(ts)} timestamps; need (N, {self.channels}) and N"
+            )
+        if x.shape[0]:
+            self.push_raw(x.ctypes.data, x.size, ts.ctypes.data)
+        return x.shape[0]
+
+    def push_raw(self, data: int, n_values: int, stamps: int) -> None:
+        """Unchecked: `data` points at n_values C-contiguous values of `dtype` (whole
+        samples), `stamps` at one float64 per sample; both must stay alive for the call."""
+        rc = self._fn(self._handle, data, n_values, stamps, 1)
+        if rc:
+            handle_error(rc)
 
 
 def _source_id(base: str, subject: str | None) -> str:

@@ -16,6 +16,16 @@ clock resets are exercised offline (fusion.clock, XDF recordings). What *can* be
 break a stream: `pause_imu`/`resume_imu` (the stream disappears and comes back with the same
 source id), `shift_clock` (its timestamps jump), `corrupt_imu` (NaN samples) — the hooks the
 bad-input tests use.
+
+CPU: the lab shares the machine with the pipeline it feeds (a real lab's sensors would not), so
+a push costs one whole-array numpy pass per subject and one liblsl call per outlet
+(drivers.lsl_outlets.ChunkPusher). The numeric outlets are synchronous (`sync_outlets`,
+liblsl's transp_sync_blocking): a push writes to each consumer's socket in this thread instead
+of waking one liblsl sender thread per outlet and consumer, about half the lab's CPU at 4
+subjects with a consumer on every stream, same bytes on the wire. The price: a consumer that
+stops reading without closing (a frozen process) blocks the lab once its socket buffer is full
+(megabytes: many minutes of one IMU stream); a closed or killed consumer is dropped as before.
+`sync_outlets=False` restores liblsl's buffered outlets.
 """
 
 from __future__ import annotations
@@ -32,10 +42,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pylsl
 
-from drivers.lsl_outlets import make_stream_info
+from drivers.lsl_outlets import ChunkPusher, make_stream_info
 from drivers.zmq_transport import KeypointPublisher
 from fusion.skeleton import ANGLES, IMU_CHANNELS, IMU_UNITS, KEYPOINTS, SEGMENTS
-from fusion.synth import LabSpec, SyntheticLab
+from fusion.synth import LabSpec, SubjectChunk, SyntheticLab
 
 __all__ = ["KEYPOINT_LAYOUT", "TRUTH_EVENTS_NAME", "TRUTH_NAME", "SimulatedLab", "default_run_tag"]
 
@@ -61,6 +71,16 @@ class _ImuStream:
     outlet: pylsl.StreamOutlet | None
     offset: float = 0.0  # added to timestamps (shift_clock)
     corrupt: int = 0  # next n samples become NaN
+    pusher: ChunkPusher | None = None  # the outlet's fast push (None while paused)
+    transport: int = 0  # liblsl transport flags of the outlet
+
+    def open(self) -> None:
+        self.outlet = pylsl.StreamOutlet(self.info, chunk_size=0, transport_flags=self.transport)
+        self.pusher = ChunkPusher(self.outlet, self.info.name())
+
+    def close(self) -> None:
+        self.outlet = None
+        self.pusher = None
 
 
 @dataclass
@@ -71,6 +91,14 @@ class _Subject:
     truth: pylsl.StreamOutlet
     events: pylsl.StreamOutlet
     seq: list[int] = field(default_factory=list)
+    truth_pusher: ChunkPusher | None = None
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per IMU stream, s
+    clean: bool = False  # every IMU outlet open and none to corrupt: the fast path applies
+
+    def refresh(self) -> None:
+        """Recompute the per-stream state the push loop reads (after a hook changed it)."""
+        self.offsets = np.array([st.offset for st in self.imu], dtype=np.float64)
+        self.clean = all(st.pusher is not None and not st.corrupt for st in self.imu)
 
 
 class SimulatedLab:
@@ -85,12 +113,15 @@ class SimulatedLab:
         jitter_s: float = 0.0005,
         push_period_s: float = 0.01,
         run_tag: str | None = None,
+        sync_outlets: bool = True,
     ) -> None:
         self.spec = spec
         self.prefix = imu_stream_prefix
         self.jitter_s = float(jitter_s)
         self.push_period_s = float(push_period_s)
         self.run_tag = run_tag or default_run_tag()
+        self.sync_outlets = bool(sync_outlets)
+        transport = pylsl.transp_sync_blocking if self.sync_outlets else pylsl.transp_default
         self.lab = SyntheticLab(spec)
         self.cameras = list(self.lab.cameras)
         self._rng = np.random.default_rng(spec.seed + 7919)
@@ -112,7 +143,9 @@ class SimulatedLab:
                     types=["Gyroscope"] * 3 + ["Accelerometer"] * 3,
                     subject=sid,
                 )
-                imu.append(_ImuStream(k, seg, info, pylsl.StreamOutlet(info, chunk_size=0)))
+                st = _ImuStream(k, seg, info, None, transport=transport)
+                st.open()
+                imu.append(st)
             cams = [
                 KeypointPublisher(
                     endpoints.get(f"{sid}-cam{c}", "tcp://127.0.0.1:*"),
@@ -131,7 +164,8 @@ class SimulatedLab:
                     "float32",
                     f"{TRUTH_NAME}@{self.run_tag}/{sid}",
                     subject=sid,
-                )
+                ),
+                transport_flags=transport,
             )
             events = pylsl.StreamOutlet(
                 make_stream_info(
@@ -145,7 +179,10 @@ class SimulatedLab:
                     subject=sid,
                 )
             )
-            self.subjects.append(_Subject(k, imu, cams, truth, events, [0] * spec.n_cameras))
+            subj = _Subject(k, imu, cams, truth, events, [0] * spec.n_cameras)
+            subj.truth_pusher = ChunkPusher(truth, f"{TRUTH_NAME}@{self.run_tag}/{sid}")
+            subj.refresh()
+            self.subjects.append(subj)
         self.t0: float | None = None
         self.lab_time = 0.0
         self.pushes = 0
@@ -188,9 +225,11 @@ class SimulatedLab:
         with self._lock:
             for s in self.subjects:
                 for st in s.imu:
-                    st.outlet = None
+                    st.close()
+                s.refresh()
                 for p in s.cameras:
                     p.close()
+                s.truth_pusher = None
                 s.truth = None  # type: ignore[assignment]
                 s.events = None  # type: ignore[assignment]
 
@@ -227,46 +266,80 @@ class SimulatedLab:
                 log.exception("simulated lab: publishing failed; stopping the lab")
                 return
 
-    def _publish(self, chunks: list) -> None:
+    def _publish(self, chunks: list[SubjectChunk]) -> None:
+        """Send one `advance` worth of samples. Per push and subject, whole-array numpy work
+        and one liblsl call per outlet; jitter is drawn in one call, in the order the
+        per-stream/per-frame draws had (IMU block (n, 13) row-major, then each camera's frames)."""
         t0 = self.t0
+        assert t0 is not None
+        jit_s = self.jitter_s
+        n_seg = len(SEGMENTS)
         for subj, ch in zip(self.subjects, chunks, strict=True):
             n = len(ch.imu_t)
+            n_frames = [len(t) for t in ch.cam_t]
+            n_draw = n * n_seg + sum(n_frames)
+            jitter = self._rng.normal(0.0, jit_s, n_draw) if jit_s > 0 and n_draw else None
             if n:
-                base = t0 + np.asarray(ch.imu_t, dtype=np.float64)
-                jitter = (
-                    self._rng.normal(0.0, self.jitter_s, (n, len(subj.imu)))
-                    if self.jitter_s > 0
-                    else np.zeros((n, len(subj.imu)))
-                )
-                for i, st in enumerate(subj.imu):
-                    if st.outlet is None:
-                        continue
-                    # a sample the synthetic radio lost is not sent at all, as with real IMUs
-                    sent = np.asarray(ch.imu_mask[:, i], bool)
-                    if not sent.any():
-                        continue
-                    x = np.asarray(ch.imu[sent, i, :], dtype=np.float32)
-                    if st.corrupt:
-                        m = min(st.corrupt, len(x))
-                        x[:m] = np.nan
-                        st.corrupt -= m
-                    ts = base[sent] + st.offset + jitter[sent, i]
-                    st.outlet.push_chunk(x, ts.tolist())
+                self._publish_imu(subj, ch, t0, None if jitter is None else jitter[: n * n_seg])
+            a = n * n_seg
             for c, pub in enumerate(subj.cameras):
+                m = n_frames[c]
+                if not m:
+                    continue
                 # an undetected joint is sent as a detector would: confidence 0, not NaN
                 kps = np.asarray(ch.keypoints[c], dtype=np.float64).reshape(-1, len(KEYPOINTS), 3)
                 kps = np.where(np.isfinite(kps).all(axis=-1, keepdims=True), kps, 0.0)
-                for t, joints in zip(ch.cam_t[c], kps, strict=True):
-                    jt = self._rng.normal(0.0, self.jitter_s) if self.jitter_s > 0 else 0.0
-                    pub.send(subj.seq[c], t0 + float(t) + jt, joints)
-                    subj.seq[c] += 1
+                stamps = t0 + np.asarray(ch.cam_t[c], dtype=np.float64)
+                if jitter is not None:
+                    stamps = stamps + jitter[a : a + m]
+                    a += m
+                seq = subj.seq[c]
+                for j, t in enumerate(stamps.tolist()):
+                    pub.send(seq + j, t, kps[j])
+                subj.seq[c] = seq + m
             if len(ch.truth_t):
-                subj.truth.push_chunk(
-                    np.asarray(ch.truth_angles, dtype=np.float32),
-                    (t0 + np.asarray(ch.truth_t, dtype=np.float64)).tolist(),
+                subj.truth_pusher.push(  # type: ignore[union-attr]
+                    ch.truth_angles, t0 + np.asarray(ch.truth_t, dtype=np.float64)
                 )
             for t, label in ch.events:
                 subj.events.push_sample([label], t0 + float(t))
+
+    def _publish_imu(
+        self, subj: _Subject, ch: SubjectChunk, t0: float, jitter: np.ndarray | None
+    ) -> None:
+        """All 13 IMU outlets of one subject: samples the synthetic radio lost are not sent
+        at all, as with real IMUs; a stream's stamps are lab time + its clock offset + jitter."""
+        n, n_seg = len(ch.imu_t), len(subj.imu)
+        base = t0 + np.asarray(ch.imu_t, dtype=np.float64)
+        stamps = base[:, None] + subj.offsets  # (n, 13): same sums as base + offset + jitter
+        if jitter is not None:
+            stamps += jitter.reshape(n, n_seg)
+        stamps = np.ascontiguousarray(stamps.T)  # (13, n): each stream's stamps contiguous
+        values = np.ascontiguousarray(np.swapaxes(ch.imu, 0, 1), dtype=np.float32)  # (13, n, 6)
+        mask = np.asarray(ch.imu_mask, dtype=bool)
+        n_vals = n * values.shape[2]
+        if subj.clean and mask.all():  # the common case: nothing lost, paused or corrupted
+            vp, tp = values.ctypes.data, stamps.ctypes.data
+            v_step, t_step = n_vals * values.itemsize, n * stamps.itemsize
+            for i, st in enumerate(subj.imu):
+                st.pusher.push_raw(vp + i * v_step, n_vals, tp + i * t_step)  # type: ignore[union-attr]
+            return
+        complete = mask.all(axis=0)
+        for i, st in enumerate(subj.imu):
+            if st.pusher is None:
+                continue
+            x, ts = values[i], stamps[i]
+            if not complete[i]:
+                sent = mask[:, i]
+                x, ts = x[sent], ts[sent]
+                if not len(ts):
+                    continue
+            if st.corrupt:
+                k = min(st.corrupt, len(x))
+                x[:k] = np.nan  # x is this push's own array (a fresh copy or view of one)
+                st.corrupt -= k
+            st.pusher.push_raw(x.ctypes.data, x.size, ts.ctypes.data)
+        subj.refresh()
 
     # ------------------------------------------------------------------ breaking things (tests)
 
@@ -276,21 +349,25 @@ class SimulatedLab:
     def pause_imu(self, subject: int, segment: str) -> None:
         """The stream disappears from the network (outlet destroyed)."""
         with self._lock:
-            self._imu(subject, segment).outlet = None
+            self._imu(subject, segment).close()
+            self.subjects[subject].refresh()
 
     def resume_imu(self, subject: int, segment: str) -> None:
         """It comes back: a new outlet with the same name and source id."""
         with self._lock:
             st = self._imu(subject, segment)
             if st.outlet is None:
-                st.outlet = pylsl.StreamOutlet(st.info, chunk_size=0)
+                st.open()
+            self.subjects[subject].refresh()
 
     def shift_clock(self, subject: int, segment: str, seconds: float) -> None:
         """From now on the stream's timestamps are off by `seconds` (a device clock jump)."""
         with self._lock:
             self._imu(subject, segment).offset += float(seconds)
+            self.subjects[subject].refresh()
 
     def corrupt_imu(self, subject: int, segment: str, samples: int) -> None:
         """The next `samples` samples of the stream are NaN."""
         with self._lock:
             self._imu(subject, segment).corrupt += int(samples)
+            self.subjects[subject].refresh()

@@ -505,6 +505,17 @@ class _Block:
     truth_t: np.ndarray
     truth_angles: np.ndarray
     events: list[tuple[float, str]]
+    event_t: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.event_t = np.array([t for t, _ in self.events], dtype=np.float64)
+
+    def events_in(self, a: float, b: float) -> list[tuple[float, str]]:
+        """The block's events with a <= t < b, in the block's order."""
+        if not len(self.event_t):
+            return []
+        idx = np.flatnonzero((self.event_t >= a) & (self.event_t < b))
+        return [self.events[i] for i in idx]
 
 
 class _Subject:
@@ -737,15 +748,40 @@ class SyntheticLab:
         return out
 
     def _slice(self, s: _Subject, a: float, b: float) -> SubjectChunk:
+        """Samples of [a, b) from the ready blocks. The live lab calls this every few ms per
+        subject, so it does one searchsorted pair per grid and copies (no concatenation)
+        when [a, b) lies inside one block, the usual case."""
+        blocks = [blk for blk in s.blocks if blk.t1 > a and blk.t0 < b]
+        n_cam = len(self.cameras)
+        if len(blocks) == 1:
+            blk = blocks[0]
+            i0, i1 = blk.imu_t.searchsorted((a, b))
+            k0, k1 = blk.truth_t.searchsorted((a, b))
+            cam_t, keypoints = [], []
+            for c in range(n_cam):
+                c0, c1 = blk.cam_t[c].searchsorted((a, b))
+                cam_t.append(blk.cam_t[c][c0:c1].copy())
+                keypoints.append(blk.keypoints[c][c0:c1].astype(np.float32))
+            return SubjectChunk(
+                subject=s.index,
+                imu_t=blk.imu_t[i0:i1].copy(),
+                imu=blk.imu[i0:i1].copy(),
+                imu_mask=blk.imu_mask[i0:i1].astype(bool),
+                cam_t=cam_t,
+                keypoints=keypoints,
+                truth_t=blk.truth_t[k0:k1].copy(),
+                truth_angles=blk.truth_angles[k0:k1].copy(),
+                events=blk.events_in(a, b),
+            )
+
         def pick(t: np.ndarray) -> slice:
-            return slice(int(np.searchsorted(t, a, "left")), int(np.searchsorted(t, b, "left")))
+            i, j = t.searchsorted((a, b))
+            return slice(int(i), int(j))
 
         parts: dict[str, list] = {k: [] for k in ("imu_t", "imu", "mask", "tt", "ta", "ev")}
-        cams_t: list[list[np.ndarray]] = [[] for _ in self.cameras]
-        cams_k: list[list[np.ndarray]] = [[] for _ in self.cameras]
-        for blk in s.blocks:
-            if blk.t1 <= a or blk.t0 >= b:
-                continue
+        cams_t: list[list[np.ndarray]] = [[] for _ in range(n_cam)]
+        cams_k: list[list[np.ndarray]] = [[] for _ in range(n_cam)]
+        for blk in blocks:
             sl = pick(blk.imu_t)
             parts["imu_t"].append(blk.imu_t[sl])
             parts["imu"].append(blk.imu[sl])
@@ -753,8 +789,8 @@ class SyntheticLab:
             sl = pick(blk.truth_t)
             parts["tt"].append(blk.truth_t[sl])
             parts["ta"].append(blk.truth_angles[sl])
-            parts["ev"].extend((t, n) for t, n in blk.events if a <= t < b)
-            for c in range(len(self.cameras)):
+            parts["ev"].extend(blk.events_in(a, b))
+            for c in range(n_cam):
                 sl = pick(blk.cam_t[c])
                 cams_t[c].append(blk.cam_t[c][sl])
                 cams_k[c].append(blk.keypoints[c][sl])

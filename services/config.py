@@ -76,6 +76,9 @@ class SimulateConfig:
     activity: str = "start_stop"  # fusion.synth activity; stand-then-walk lets IMUs calibrate
     jitter_ms: float = 0.5  # σ of the timestamp jitter added to every sample
     push_period_ms: float = 10.0
+    # the lab's thread writes each consumer's socket itself (1/3 of the lab's CPU at 4
+    # subjects); a consumer that freezes without closing blocks the lab after ~4 MB per stream
+    sync_outlets: bool = True
     imu_stream_prefix: str = "sim"
     run_tag: str | None = None  # part of every source id; null: host and process id
 

@@ -182,6 +182,7 @@ def _prepare(config: Config, run_tag: str | None) -> tuple[Config, Any, list[Any
         zmq_endpoints=fixed,
         jitter_s=sim.jitter_ms / 1e3,
         push_period_s=sim.push_period_ms / 1e3,
+        sync_outlets=sim.sync_outlets,
         run_tag=tag,
     )
     # a name alone could also match another lab on this network: pin our own streams

@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--camera-rate", type=float, default=30.0)
     p.add_argument("--jitter-ms", type=float, default=0.5, help="timestamp jitter σ (ms)")
     p.add_argument(
+        "--sync-outlets",
+        action="store_true",
+        help="IMU outlets send from the lab's thread: less CPU, but a reader that freezes "
+        "without closing blocks the lab (default: liblsl's buffered outlets)",
+    )
+    p.add_argument(
         "--zmq-port", type=int, help="first camera port (consecutive; default: free ports)"
     )
     p.add_argument("--calibration-out", help="write the camera calibration JSON here")
@@ -95,7 +101,13 @@ def run(args: argparse.Namespace) -> int:
                 endpoints[f"s{k}-cam{c}"] = f"tcp://127.0.0.1:{args.zmq_port + i}"
                 i += 1
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    lab = SimulatedLab(spec, args.prefix, endpoints, jitter_s=args.jitter_ms / 1e3)
+    lab = SimulatedLab(
+        spec,
+        args.prefix,
+        endpoints,
+        jitter_s=args.jitter_ms / 1e3,
+        sync_outlets=args.sync_outlets,
+    )
     try:
         calibration = None
         if args.calibration_out:
