@@ -9,6 +9,7 @@ import math
 import os
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pylsl
@@ -45,11 +46,8 @@ class CountingIngest(ImuIngest):
         super().step(messages)
 
 
-def _setup(monkeypatch: pytest.MonkeyPatch, wake: str, tag: str):
-    """Two live streams and one that never appears (its search keeps running meanwhile)."""
-    monkeypatch.setenv("GAIT_STREAM_WAKE", wake)
-    names = {"thigh_l": f"{TAG}-{tag}-thigh", "shank_l": f"{TAG}-{tag}-shank"}
-    absent = f"{TAG}-{tag}-absent"
+def imu_outlets(names: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One 100 Hz IMU outlet per segment (name = source id), and the subject's stream table."""
     outlets = {
         seg: pylsl.StreamOutlet(
             make_stream_info(n, "IMU", IMU_CHANNELS, IMU_UNITS, 100.0, "float32", n),
@@ -57,9 +55,18 @@ def _setup(monkeypatch: pytest.MonkeyPatch, wake: str, tag: str):
         )
         for seg, n in names.items()
     }
-    table = {seg: None for seg in SEGMENTS}
+    table: dict[str, Any] = {seg: None for seg in SEGMENTS}
     for seg, n in names.items():
         table[seg] = ImuStreamConfig(name=n, source_id=n)
+    return outlets, table
+
+
+def _setup(monkeypatch: pytest.MonkeyPatch, wake: str, tag: str):
+    """Two live streams and one that never appears (its search keeps running meanwhile)."""
+    monkeypatch.setenv("GAIT_STREAM_WAKE", wake)
+    names = {"thigh_l": f"{TAG}-{tag}-thigh", "shank_l": f"{TAG}-{tag}-shank"}
+    absent = f"{TAG}-{tag}-absent"
+    outlets, table = imu_outlets(names)
     table["head"] = ImuStreamConfig(name=absent, source_id=absent)
     sink = Sink()
     ing = CountingIngest(
@@ -137,16 +144,7 @@ def test_causal_rule_sends_a_round_that_completes_a_tick_within_one_period(
     once; otherwise it is held (no new tick), and goes out when the defer time runs out."""
     monkeypatch.setenv("GAIT_STREAM_WAKE", "event")
     names = {seg: f"{TAG}-causal{int(causal)}-{seg}" for seg in ("thigh_r", "shank_r")}
-    outlets = {
-        seg: pylsl.StreamOutlet(
-            make_stream_info(n, "IMU", IMU_CHANNELS, IMU_UNITS, 100.0, "float32", n),
-            chunk_size=0,
-        )
-        for seg, n in names.items()
-    }
-    table = {seg: None for seg in SEGMENTS}
-    for seg, n in names.items():
-        table[seg] = ImuStreamConfig(name=n, source_id=n)
+    outlets, table = imu_outlets(names)
     sink = Sink()
     ing = ImuIngest(
         [SubjectConfig(id="s0", imu=table, cameras=[])],

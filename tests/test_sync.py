@@ -20,6 +20,16 @@ def random_stream(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndar
     return t, x
 
 
+def assert_rows_match(
+    values: np.ndarray, mask: np.ndarray, want: list[tuple[np.ndarray, np.ndarray]]
+) -> None:
+    """Stacked (S, N, C) values and (S, N) mask equal fusion.align's, stream by stream."""
+    for i, (want_v, want_m) in enumerate(want):
+        np.testing.assert_array_equal(mask[i], want_m, err_msg=f"stream {i}")
+        np.testing.assert_allclose(values[i][want_m], want_v[want_m], rtol=1e-12, atol=1e-12)
+        assert np.isnan(values[i][~want_m]).all()
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_interp_rows_matches_align_imu(seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -33,11 +43,7 @@ def test_interp_rows_matches_align_imu(seed: int) -> None:
     ticks.sort()
     streams = [(t, x) for t, x in streams if len(t)]
     values, mask = interp_rows([t for t, _ in streams], [x for _, x in streams], ticks, 0.03)
-    for i, (t, x) in enumerate(streams):
-        want_v, want_m = align_imu(t, x, ticks, 0.03)
-        np.testing.assert_array_equal(mask[i], want_m, err_msg=f"stream {i}")
-        np.testing.assert_allclose(values[i][want_m], want_v[want_m], rtol=1e-12, atol=1e-12)
-        assert np.isnan(values[i][~want_m]).all()
+    assert_rows_match(values, mask, [align_imu(t, x, ticks, 0.03) for t, x in streams])
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -55,11 +61,7 @@ def test_nearest_rows_matches_align_nearest(seed: int) -> None:
     ticks.sort()
     streams = [(t, x) for t, x in streams if len(t)]
     values, mask = nearest_rows([t for t, _ in streams], [x for _, x in streams], ticks, 0.025)
-    for i, (t, x) in enumerate(streams):
-        want_v, want_m = align_nearest(t, x, ticks, 0.025)
-        np.testing.assert_array_equal(mask[i], want_m, err_msg=f"stream {i}")
-        np.testing.assert_array_equal(values[i][want_m], want_v[want_m])
-        assert np.isnan(values[i][~want_m]).all()
+    assert_rows_match(values, mask, [align_nearest(t, x, ticks, 0.025) for t, x in streams])
 
 
 def test_sample_window_keeps_the_span_and_survives_a_reset() -> None:
