@@ -1082,6 +1082,19 @@ def _mixed(
     return _concatenate(parts, body)
 
 
+def stand_then_walk(
+    stand_s: float,
+    walk_s: float,
+    body: BodyModel,
+    rng: np.random.Generator,
+    normative: NormativeSet,
+) -> Motion:
+    """A stand, then a walk from where it ended: what a functional calibration needs."""
+    m1 = generate_motion(MotionSpec("stand", stand_s), body, rng, normative)
+    m2 = generate_motion(MotionSpec("walk", walk_s), body, rng, normative, start=end_state(m1))
+    return _concatenate([m1, m2], body)
+
+
 def _concatenate(parts: list[Motion], body: BodyModel) -> Motion:
     t = np.concatenate([parts[0].t] + [p.t[1:] for p in parts[1:]])
     dofs = np.concatenate([parts[0].dofs] + [p.dofs[1:] for p in parts[1:]])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fusion.activities import MotionSpec, end_state, generate_motion
+from fusion.activities import stand_then_walk as generated_stand_then_walk
 from fusion.body import BodyModel
 from fusion.calibration import (
     CalibrationConfig,
@@ -63,15 +63,7 @@ def stand_then_walk(seed: int, stand: float = 3.0, walk: float = 9.0) -> Motion:
     """The synthetic engine: quiet standing, then gait initiation into a walk."""
     rng = np.random.default_rng(seed)
     body, norm = BodyModel(), load_default_normative()
-    m1 = generate_motion(MotionSpec("stand", stand), body, rng, norm)
-    m2 = generate_motion(MotionSpec("walk", walk), body, rng, norm, start=end_state(m1))
-    return Motion(
-        t=np.concatenate([m1.t, m2.t[1:]]),
-        dofs=np.concatenate([m1.dofs, m2.dofs[1:]]),
-        root=np.concatenate([m1.root, m2.root[1:]]),
-        heading=np.concatenate([m1.heading, m2.heading[1:]]),
-        body=body,
-    )
+    return generated_stand_then_walk(stand, walk, body, rng, norm)
 
 
 def _calibrate(motion: Motion, placements, t_walk: float, cfg: CalibrationConfig, walk_s=5.0):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.signal import lfilter
 
-__all__ = ["HeadingLowpass"]
+__all__ = ["HeadingLowpass", "heading_step_many"]
 
 
 def _wrap(x: np.ndarray) -> np.ndarray:
@@ -52,3 +52,38 @@ class HeadingLowpass:
         y2, z2 = lfilter([a], [1.0, a - 1.0], y1, zi=self.zi[1:])
         self.zi = np.concatenate([z1, z2])
         return y2
+
+
+def heading_step_many(filters: list[HeadingLowpass], yaw: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """One tick of many subjects' low-passes at once: `filters[k](yaw[k:k+1], ok[k:k+1])[0]`
+    for every k, in a few array operations (the classical estimator's steady state: every
+    subject one tick per call). The same arithmetic as `HeadingLowpass.__call__` (and as
+    scipy's lfilter for these one-pole filters: y = z + a·x, z' = x·0 − y·(a − 1))."""
+    yaw = np.asarray(yaw, float)
+    valid = np.asarray(ok, bool) & np.isfinite(yaw)
+    prev = np.array([f.yaw_prev for f in filters], float)
+    held = np.array([f.yaw_unwrapped for f in filters], float)
+    new = np.isnan(prev)
+    with np.errstate(invalid="ignore"):
+        unwrapped = np.where(new, yaw, held) + _wrap(yaw - np.where(new, yaw, prev))
+    x = np.where(valid, unwrapped, held)
+    out = np.zeros(len(filters))
+    for k in np.flatnonzero(valid):
+        filters[k].yaw_prev, filters[k].yaw_unwrapped = float(yaw[k]), float(unwrapped[k])
+    run = np.flatnonzero(np.isfinite(x))  # the others answer 0 and keep their poles
+    if not len(run):
+        return out
+    x = x[run]
+    a = np.array([filters[k].alpha for k in run])
+    z = np.empty((len(run), 2))
+    for j, k in enumerate(run):
+        zi = filters[k].zi
+        z[j] = (1.0 - a[j]) * x[j] if zi is None else zi
+    a1 = a - 1.0
+    y1 = z[:, 0] + a * x
+    y2 = z[:, 1] + a * y1
+    z1, z2 = x * 0.0 - y1 * a1, y1 * 0.0 - y2 * a1
+    for j, k in enumerate(run):
+        filters[k].zi = np.array([z1[j], z2[j]])
+    out[run] = y2
+    return out

@@ -157,25 +157,16 @@ def _timing(n_sensors: int, subjects: list[int], n: int) -> None:
 
 # -- 2. estimator per tick ----------------------------------------------------------------------
 def _estimator_timing(subjects: list[int]) -> None:
-    from fusion.activities import MotionSpec, end_state, generate_motion
+    from fusion.activities import stand_then_walk
     from fusion.body import BodyModel
     from fusion.estimators.base import SyncedBatch
     from fusion.estimators.classical import ClassicalImuEstimator
     from fusion.imu_sim import default_placements, simulate_imu
-    from fusion.kinematics import Motion
     from fusion.normative import load_default_normative
 
     rng = np.random.default_rng(1)
     body, norm = BodyModel(), load_default_normative()
-    m1 = generate_motion(MotionSpec("stand", 3.0), body, rng, norm)
-    m2 = generate_motion(MotionSpec("walk", 12.0), body, rng, norm, start=end_state(m1))
-    motion = Motion(
-        t=np.concatenate([m1.t, m2.t[1:]]),
-        dofs=np.concatenate([m1.dofs, m2.dofs[1:]]),
-        root=np.concatenate([m1.root, m2.root[1:]]),
-        heading=np.concatenate([m1.heading, m2.heading[1:]]),
-        body=body,
-    )
+    motion = stand_then_walk(3.0, 12.0, body, rng, norm)
     t = np.arange(0.0, motion.t[-1], 1 / 60)
     imu = simulate_imu(motion, t, default_placements(body))
     print("\n== classical IMU estimator, one 60 Hz tick per update_many call")
