@@ -276,7 +276,9 @@ def test_sync_sleeps_until_the_max_wait_deadline(monkeypatch: pytest.MonkeyPatch
     due = subj.k_next / 60.0 + sync.max_wait  # the next tick's max wait runs out then
     assert due > clock.t
     assert sync.wait_s() == pytest.approx(min(sync.idle_s, due - clock.t), abs=1e-9)
-    clock.t = due + 1e-4  # past it: only new data can help, back to the long sleep
+    clock.t = due + 1e-4  # past it, and no step has judged it yet: step at once
+    assert sync.wait_s() == 0.0
+    sync.step([])  # judged: only new data can help now, back to the long sleep
     assert sync.wait_s() == pytest.approx(
         min(sync.idle_s, float(t[-1]) + 0.001 + sync.stale - clock.t), abs=1e-9
     )

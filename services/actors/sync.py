@@ -240,6 +240,7 @@ class _Subject:
     last_trace: Trace | None = None
     ticks: int = 0
     masked: dict[str, int] = field(default_factory=lambda: {"imu": 0, "video": 0})
+    flushed_for: int | None = None  # the tick whose data was dejittered ahead of its time
 
 
 class Sync(Stage):
@@ -306,6 +307,7 @@ class Sync(Stage):
             }
             self.subjects[subj.id] = _Subject(subj.id, imu, video, expected)
         self.emitted = 0
+        self._judged_at = -math.inf  # the clock the last step judged the deadlines by
 
     def _flush_imu(self, subj: _Subject, st: _Stream) -> None:
         """Dejitter a stream's new samples, and give up dejittering a stream it cannot fit.
@@ -440,6 +442,7 @@ class Sync(Stage):
     # ------------------------------------------------------------------ output
 
     def _emit(self, now: float) -> None:
+        self._judged_at = now
         batches: dict[str, SyncedBatch] = {}
         trace: Trace | None = None
         newest = -math.inf
@@ -485,8 +488,12 @@ class Sync(Stage):
             elif subj.first_seen is not None:
                 times.append(subj.first_seen + self.stale)
             times += [st.last_arrival + self.stale for st in self._streams_for(subj)]
-        # a deadline already past was handled by the step that ran then: only data helps now
-        future = [t - now for t in times if t > now]
+        # a deadline the last step already judged cannot be helped but by data; one that
+        # passed since (that step ran just before it, or took long) needs a step at once
+        unjudged = [t for t in times if t > self._judged_at]
+        if any(t <= now for t in unjudged):
+            return 0.0
+        future = [t - now for t in unjudged]
         return min(self.idle_s, max(min(future, default=self.idle_s), 0.0005))
 
     def _complete_by(self, subj: _Subject, due: float) -> bool:
@@ -515,11 +522,13 @@ class Sync(Stage):
         raw = [s.raw_watermark + slack + self._lead(s) for s in live]
         k_last = self._last_ready(subj.k_next, raw, now)
         if k_last < subj.k_next:
+            ahead = self.hold is not None and raw and subj.flushed_for != subj.k_next
+            if ahead and min(raw) >= subj.k_next / self.rate:
+                # complete but not yet due: dejitter now rather than after the tick's time
+                subj.flushed_for = subj.k_next
+                self._flush(subj)
             return None
-        for st in subj.video.values():
-            st.flush()
-        for st in subj.imu.values():
-            self._flush_imu(subj, st)
+        self._flush(subj)
         k_last = self._last_ready(subj.k_next, [s.watermark + self._lead(s) for s in live], now)
         if k_last < subj.k_next:
             return None
@@ -533,6 +542,12 @@ class Sync(Stage):
         subj.k_next = k_last + 1
         subj.last_tick = float(ticks[-1])
         return ticks
+
+    def _flush(self, subj: _Subject) -> None:
+        for st in subj.video.values():
+            st.flush()
+        for st in subj.imu.values():
+            self._flush_imu(subj, st)
 
     def _lead(self, st: _Stream) -> float:
         """How far past a stream's newest sample its data is complete for a tick.
