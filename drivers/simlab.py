@@ -30,9 +30,11 @@ stops reading without closing (a frozen process) blocks the lab once its socket 
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -51,6 +53,8 @@ __all__ = ["KEYPOINT_LAYOUT", "TRUTH_EVENTS_NAME", "TRUTH_NAME", "SimulatedLab",
 
 log = logging.getLogger(__name__)
 
+#: the GIL switch interval the lab's process runs at (see SimulatedLab.start)
+PUSH_SWITCH_INTERVAL_S = 0.001
 TRUTH_NAME = "gait-stream-sim/truth"
 TRUTH_TYPE = "JointAnglesTruth"
 TRUTH_EVENTS_NAME = "gait-stream-sim/events"
@@ -212,6 +216,15 @@ class SimulatedLab:
 
     def start(self) -> SimulatedLab:
         if self._thread is None:
+            # the next motion block is generated on another thread while this one pushes;
+            # at Python's default 5 ms switch interval a push waited up to 5 ms for the GIL
+            # (the samples' age, and so the pipeline's latency, carried it)
+            sys.setswitchinterval(min(sys.getswitchinterval(), PUSH_SWITCH_INTERVAL_S))
+            # and a full garbage collection walking every object this process has built
+            # (torch, Ray, the motion tables) stalled every push for tens of ms: what exists
+            # now goes to the permanent generation
+            gc.collect()
+            gc.freeze()
             self.t0 = pylsl.local_clock()
             self._thread = threading.Thread(target=self._run, name="simlab", daemon=True)
             self._thread.start()

@@ -130,6 +130,9 @@ class SyncConfig:
     causal: bool = True
     max_hold_ms: float = 25.0
     max_wait_ms: float = 15.0  # after a tick's time, emit it with what is there
+    # once the other streams of a subject have completed a tick, a stream still without its
+    # sample gets this much longer (lost, not late: they arrive together), then the tick goes
+    peer_wait_ms: float = 4.0
     wait_for: list[str] = field(default_factory=lambda: ["imu"])  # watermark modalities
     imu_max_gap_ms: float = 30.0  # widest IMU gap interpolated across
     video_tolerance_ms: float = 25.0  # nearest keypoint frame accepted for a tick
@@ -295,6 +298,8 @@ def _check(cfg: Config) -> None:
         )
     if cfg.sync.max_wait_ms < 0:
         raise ConfigError(src, "sync.max_wait_ms", "must be >= 0")
+    if cfg.sync.peer_wait_ms < 0:
+        raise ConfigError(src, "sync.peer_wait_ms", "must be >= 0")
     if cfg.sync.max_hold_ms < 0:
         raise ConfigError(src, "sync.max_hold_ms", "must be >= 0")
     for i, m in enumerate(cfg.sync.wait_for):

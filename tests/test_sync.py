@@ -264,6 +264,64 @@ def test_causal_jitter_is_not_counted_late(monkeypatch: pytest.MonkeyPatch) -> N
     assert not late, late
 
 
+def test_a_stream_its_peers_outran_goes_out_held_after_peer_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pelvis and head arrive together; the head loses the sample before a tick. Once the
+    pelvis has completed the tick, the head gets `peer_wait` more, then the tick goes out
+    with the head's older sample held, long before the 40 ms max wait."""
+    import services.actors.sync as sync_mod
+    from fusion.skeleton import SEGMENT_INDEX, SEGMENTS
+    from services.actors.messages import ImuMsg, ImuPart
+    from services.actors.stage import Local
+    from services.config import ImuStreamConfig, SubjectConfig, SyncConfig
+    from services.trace import Trace
+
+    clock = _Clock(1000.0)
+    monkeypatch.setattr(sync_mod, "pylsl", clock)
+    monkeypatch.setenv("GAIT_STREAM_WAKE", "event")
+    table = {seg: None for seg in SEGMENTS}
+    for seg in ("pelvis", "head"):
+        table[seg] = ImuStreamConfig(name=seg, source_id=seg)
+    sink = _Sink()
+    sync = sync_mod.Sync(
+        [SubjectConfig(id="s0", imu=table, cameras=[])],
+        Local(sink),
+        None,
+        cfg=SyncConfig(max_wait_ms=40.0, peer_wait_ms=4.0, causal=True),
+        imu_rate_hint=100.0,
+    )
+    grid = 1000.0 + 3e-4 + np.arange(300) * 0.01
+    # the head's sample just before a tick (the first from 2.5 s on with a tick after it)
+    lost = next(i for i in range(250, 290) if np.ceil(grid[i] * 60) / 60 < grid[i + 1])
+    tick = np.ceil(grid[lost] * 60) / 60
+    assert grid[lost] < tick < grid[lost + 1]
+
+    def round_(i: int, segs: tuple[str, ...]) -> None:
+        clock.t = float(grid[i]) + 0.0002
+        x = np.full((1, 1, 6), float(i))
+        parts = [ImuPart("s0", seg, (seg,), grid[i : i + 1], x, 100.0, clock.t) for seg in segs]
+        sync.step([ImuMsg.pack(parts, Trace(float(grid[i])).stamp("ingest", clock.t))])
+
+    for i in range(lost):
+        round_(i, ("pelvis", "head"))
+    round_(lost, ("pelvis",))  # the head's sample is lost
+    partial_at = clock.t  # the pelvis completed the tick then
+    sink.msgs.clear()
+    due = max(tick, partial_at + 0.004)  # its time, and the head 4 ms overdue
+    clock.t = due - 0.0005
+    sync.step([])
+    assert not sink.msgs  # the head may still come
+    assert sync.wait_s() == pytest.approx(0.0005, abs=1e-6)  # wakes exactly then
+    clock.t = due
+    sync.step([])
+    batch = sink.msgs[-1].batches["s0"]
+    assert batch.t[-1] == pytest.approx(tick)
+    assert batch.imu_mask[-1, [SEGMENT_INDEX["pelvis"], SEGMENT_INDEX["head"]]].all()
+    assert batch.imu[-1, SEGMENT_INDEX["head"], 0] == lost - 1  # its older sample, held
+    assert batch.imu[-1, SEGMENT_INDEX["pelvis"], 0] == lost
+
+
 def test_sync_sleeps_until_the_max_wait_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = _Clock(1000.0)
     sync, sink = _sync_stage(monkeypatch, clock, "event")

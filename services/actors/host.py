@@ -18,9 +18,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from services.actors.stage import Local
+from services.actors.stage import Inline, Local, inline_enabled
 
-__all__ = ["Host", "RoleHandle"]
+__all__ = ["INLINE_EDGES", "Host", "RoleHandle"]
+
+#: (upstream, downstream) roles whose hand-off runs on the upstream's thread when co-hosted
+INLINE_EDGES = {("sync", "inference"), ("inference", "publish")}
 
 
 class _RoleMethod:
@@ -80,11 +83,13 @@ class Host:
         return getattr(self.stages[role], method)(*args, **kwargs)
 
     def _connect(self, role: str, **handles: Any) -> bool:
-        """Downstream stages hosted here are called directly, not through Ray."""
+        """Downstream stages hosted here are called directly, not through Ray; the sync's
+        ticks go on through inference and publish on the sync's own thread (Inline)."""
         local = {}
         for name, h in handles.items():
             if isinstance(h, RoleHandle) and h.actor_id == self.actor_id and h.role in self.stages:
-                h = Local(self.stages[h.role])
+                on_thread = inline_enabled() and (role, name) in INLINE_EDGES
+                h = (Inline if on_thread else Local)(self.stages[h.role])
             local[name] = h
         return self.stages[role].connect(**local)
 

@@ -24,13 +24,38 @@ from typing import Any
 
 from services.actors.metrics import MetricsBuffer
 
-__all__ = ["GcPauses", "Local", "Stage", "call", "event_driven", "recent_ms", "tune_process"]
+__all__ = [
+    "GcPauses",
+    "Inline",
+    "Local",
+    "Stage",
+    "call",
+    "event_driven",
+    "inline_enabled",
+    "recent_ms",
+    "tune_process",
+]
 
 log = logging.getLogger(__name__)
 
 #: GAIT_STREAM_WAKE=timer brings back the timer-driven runtime (ingest polling its inlets
 #: every 2 ms, sync on a 4 ms timer, no process tuning) to compare against; default "event".
 WAKE_ENV = "GAIT_STREAM_WAKE"
+
+
+#: GAIT_STREAM_INLINE=0 hands ticks from the sync stage to a co-hosted inference and publish
+#: stage through their inboxes and worker threads (as before) instead of on the sync's thread.
+INLINE_ENV = "GAIT_STREAM_INLINE"
+
+_current = threading.local()  # the stage whose step runs on this thread (CPU accounting)
+
+
+def inline_enabled() -> bool:
+    """Whether co-hosted downstream stages run on their caller's thread (default)."""
+    mode = os.environ.get(INLINE_ENV, "1")
+    if mode not in ("0", "1"):
+        raise ValueError(f"{INLINE_ENV}={mode!r}: expected 0 or 1")
+    return mode == "1"
 
 
 def event_driven() -> bool:
@@ -125,6 +150,21 @@ class Local:
         return _LocalMethod(getattr(self._obj, name))
 
 
+class Inline(Local):
+    """A co-hosted stage whose `put` runs its step on the caller's thread (`Stage.run_now`).
+
+    Why: three worker threads handing each tick on (sync, inference, publish) each waited
+    for the GIL behind the ingest threads; on the sync's thread the tick goes through in
+    one stretch. A slow downstream then slows the sync, whose own bound (it skips ticks
+    when it falls `max_behind_s` behind, counted) keeps the pipeline from falling behind.
+    """
+
+    def __getattr__(self, name: str) -> _LocalMethod:
+        if name == "put":
+            return _LocalMethod(self._obj.run_now)
+        return super().__getattr__(name)
+
+
 def call(handle: Any, method: str, *args: Any) -> None:
     """Fire-and-forget `handle.method.remote(*args)`; a missing downstream is allowed."""
     if handle is not None:
@@ -173,6 +213,9 @@ class Stage:
         self._steps: deque[float] = deque(maxlen=2000)
         self._step_cpu: deque[float] = deque(maxlen=2000)
         self._thread_cpu_final = 0.0
+        self._step_lock = threading.Lock()  # the worker and run_now never step at once
+        self._inline_cpu = 0.0  # CPU of this stage's steps run on other stages' threads
+        self._lent_cpu = 0.0  # CPU of other stages' steps run on this stage's thread
         self._gc: GcPauses | None = None
         self.event_driven = event_driven()
 
@@ -246,7 +289,12 @@ class Stage:
         return time.process_time()
 
     def thread_cpu(self) -> float:
-        """CPU seconds of this stage's worker thread (stages sharing a process, see host.py)."""
+        """CPU seconds of this stage's steps (stages sharing a process, see host.py): its
+        worker thread's, less what other stages' steps took on it (Inline), plus its own
+        steps run on other threads."""
+        return self._worker_cpu() - self._lent_cpu + self._inline_cpu
+
+    def _worker_cpu(self) -> float:
         th = self._thread
         if th is None or th.ident is None or not th.is_alive():
             return self._thread_cpu_final
@@ -254,6 +302,20 @@ class Stage:
             return time.clock_gettime(time.pthread_getcpuclockid(th.ident))
         except (OSError, AttributeError):
             return self._thread_cpu_final
+
+    def run_now(self, msg: Any) -> None:
+        """Step `msg` on the caller's thread (an upstream stage in this process: Inline)."""
+        caller = getattr(_current, "stage", None)
+        _current.stage = self
+        c0 = time.thread_time()
+        try:
+            self._run([msg])
+        finally:
+            _current.stage = caller
+            used = time.thread_time() - c0
+            self._inline_cpu += used
+            if caller is not None:
+                caller._lent_cpu += used
 
     def summary(self) -> dict[str, Any]:
         return {"dropped": self.dropped}
@@ -302,6 +364,22 @@ class Stage:
             return
         self._errors[key] = now
 
+    def _run(self, msgs: list[Any]) -> None:
+        """One step, timed and guarded (an error drops and counts its messages), then flush."""
+        with self._step_lock:
+            t0 = time.perf_counter()
+            c0 = time.thread_time()
+            try:
+                self.step(msgs)
+            except Exception as exc:
+                self.dropped += len(msgs)
+                self.buf.inc("dropped", (self.stage, "error"), max(1, len(msgs)))
+                self.log_error("step", exc)
+            if msgs:
+                self._steps.append(time.perf_counter() - t0)
+                self._step_cpu.append(time.thread_time() - c0)
+            self.flush()
+
     def _loop(self) -> None:
         while self._running:
             with self._cv:
@@ -314,18 +392,8 @@ class Stage:
                 queued_at, self._oldest_put = self._oldest_put, None
             if not self._running:
                 break
-            t0 = time.perf_counter()
-            c0 = time.thread_time()
             if queued_at is not None:
-                self._waits.append(t0 - queued_at)
-            try:
-                self.step(msgs)
-            except Exception as exc:
-                self.dropped += len(msgs)
-                self.buf.inc("dropped", (self.stage, "error"), max(1, len(msgs)))
-                self.log_error("step", exc)
-            if msgs:
-                self._steps.append(time.perf_counter() - t0)
-                self._step_cpu.append(time.thread_time() - c0)
-            self.flush()
+                self._waits.append(time.perf_counter() - queued_at)
+            _current.stage = self
+            self._run(msgs)
         self._thread_cpu_final = time.thread_time()

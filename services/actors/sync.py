@@ -241,6 +241,7 @@ class _Subject:
     ticks: int = 0
     masked: dict[str, int] = field(default_factory=lambda: {"imu": 0, "video": 0})
     flushed_for: int | None = None  # the tick whose data was dejittered ahead of its time
+    partial: tuple[int, float] | None = None  # (tick, when some streams had completed it)
 
 
 class Sync(Stage):
@@ -265,6 +266,7 @@ class Sync(Stage):
         self.inference = inference
         self.rate = float(rate_hz)
         self.max_wait = self.cfg.max_wait_ms / 1e3
+        self.peer_wait = self.cfg.peer_wait_ms / 1e3
         self.max_gap = self.cfg.imu_max_gap_ms / 1e3
         self.tol = self.cfg.video_tolerance_ms / 1e3
         self.stale = self.cfg.stale_after_ms / 1e3
@@ -485,6 +487,8 @@ class Sync(Stage):
                 times.append(due + self.max_wait)
                 if self.hold is not None and self._complete_by(subj, due):
                     times.append(due)  # causal: its data is in; it goes out on time
+                if subj.partial is not None and subj.partial[0] == subj.k_next:
+                    times.append(max(due, subj.partial[1] + self.peer_wait))
             elif subj.first_seen is not None:
                 times.append(subj.first_seen + self.stale)
             times += [st.last_arrival + self.stale for st in self._streams_for(subj)]
@@ -520,7 +524,8 @@ class Sync(Stage):
         # cheap test on raw stamps first; dejitter only when a tick may be due
         slack = self.raw_slack_s
         raw = [s.raw_watermark + slack + self._lead(s) for s in live]
-        k_last = self._last_ready(subj.k_next, raw, now)
+        released = self._peer_release(subj, raw, now)
+        k_last = self._last_ready(subj.k_next, raw, now, released)
         if k_last < subj.k_next:
             ahead = self.hold is not None and raw and subj.flushed_for != subj.k_next
             if ahead and min(raw) >= subj.k_next / self.rate:
@@ -529,7 +534,9 @@ class Sync(Stage):
                 self._flush(subj)
             return None
         self._flush(subj)
-        k_last = self._last_ready(subj.k_next, [s.watermark + self._lead(s) for s in live], now)
+        marks = [s.watermark + self._lead(s) for s in live]
+        released = max(released, self._peer_release(subj, marks, now))
+        k_last = self._last_ready(subj.k_next, marks, now, released)
         if k_last < subj.k_next:
             return None
         n = k_last - subj.k_next + 1
@@ -585,20 +592,40 @@ class Sync(Stage):
         subj.k_next = math.floor(min(s.watermark for s in seen) * self.rate + 1e-9)
         return True
 
-    def _last_ready(self, k_next: int, marks: list[float], now: float) -> int:
+    def _last_ready(
+        self, k_next: int, marks: list[float], now: float, released: float = -math.inf
+    ) -> int:
         """Index of the newest tick the watermark (or the max wait) lets out.
 
         The max wait is for the streams that lag the others: a tick goes out masked once
         `max_wait` has passed *and* some live stream has data past it. When every stream lags
         alike (the sources or the machine are late, not one sensor), ticks wait for the data
         instead of going out empty; `stale_after` bounds that wait, as then the streams stop
-        counting as live and the max wait applies from the clock alone.
+        counting as live and the max wait applies from the clock alone. `released` (a tick
+        time) is let out as if its max wait had passed: see _peer_release.
         """
         if not marks:
             limit = now - self.max_wait
         else:
-            limit = max(min(min(marks), now), min(now - self.max_wait, max(marks)))
+            late = max(now - self.max_wait, min(released, now))
+            limit = max(min(min(marks), now), min(late, max(marks)))
         return math.floor(limit * self.rate + 1e-9)
+
+    def _peer_release(self, subj: _Subject, marks: list[float], now: float) -> float:
+        """The next tick's time once its peers are `peer_wait` past completing it (else -inf).
+
+        Why: the sensors of a subject arrive together (one hub, one push), so when the others
+        have delivered a tick's samples and one stream has not for `peer_wait` more (the
+        ingest already waited for it), its sample was lost: waiting the full `max_wait`
+        for the next one only delays the tick (the lost stream's older sample is held).
+        """
+        assert subj.k_next is not None
+        due = subj.k_next / self.rate
+        if not marks or min(marks) >= due or max(marks) < due:
+            return -math.inf  # complete, or nobody is there yet
+        if subj.partial is None or subj.partial[0] != subj.k_next:
+            subj.partial = (subj.k_next, now)
+        return due if now - subj.partial[1] >= self.peer_wait else -math.inf
 
     @staticmethod
     def _recent(st: _Stream, since: float) -> tuple[np.ndarray, np.ndarray]:
