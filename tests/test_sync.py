@@ -133,7 +133,15 @@ class _Sink:
         self.msgs.append(msg)
 
 
-def _sync_stage(monkeypatch: pytest.MonkeyPatch, clock: _Clock, wake: str, causal: bool = False):
+def _sync_stage(
+    monkeypatch: pytest.MonkeyPatch,
+    clock: _Clock,
+    wake: str,
+    causal: bool = False,
+    streams: dict[str, str] | None = None,
+):
+    """A sync stage on a fake clock for subject s0 with `streams` {segment: stream name}
+    (default: the pelvis on "p"), max wait 40 ms; returns (stage, sink)."""
     import services.actors.sync as sync_mod
     from fusion.skeleton import SEGMENTS
     from services.actors.stage import Local
@@ -142,13 +150,14 @@ def _sync_stage(monkeypatch: pytest.MonkeyPatch, clock: _Clock, wake: str, causa
     monkeypatch.setattr(sync_mod, "pylsl", clock)
     monkeypatch.setenv("GAIT_STREAM_WAKE", wake)
     table = {seg: None for seg in SEGMENTS}
-    table["pelvis"] = ImuStreamConfig(name="p", source_id="p")
+    for seg, name in (streams or {"pelvis": "p"}).items():
+        table[seg] = ImuStreamConfig(name=name, source_id=name)
     sink = _Sink()
     sync = sync_mod.Sync(
         [SubjectConfig(id="s0", imu=table, cameras=[])],
         Local(sink),
         None,
-        cfg=SyncConfig(max_wait_ms=40.0, stale_after_ms=250.0, causal=causal),
+        cfg=SyncConfig(max_wait_ms=40.0, stale_after_ms=250.0, causal=causal, peer_wait_ms=4.0),
         imu_rate_hint=100.0,
     )
     return sync, sink
@@ -270,27 +279,13 @@ def test_a_stream_its_peers_outran_goes_out_held_after_peer_wait(
     """Pelvis and head arrive together; the head loses the sample before a tick. Once the
     pelvis has completed the tick, the head gets `peer_wait` more, then the tick goes out
     with the head's older sample held, long before the 40 ms max wait."""
-    import services.actors.sync as sync_mod
-    from fusion.skeleton import SEGMENT_INDEX, SEGMENTS
+    from fusion.skeleton import SEGMENT_INDEX
     from services.actors.messages import ImuMsg, ImuPart
-    from services.actors.stage import Local
-    from services.config import ImuStreamConfig, SubjectConfig, SyncConfig
     from services.trace import Trace
 
     clock = _Clock(1000.0)
-    monkeypatch.setattr(sync_mod, "pylsl", clock)
-    monkeypatch.setenv("GAIT_STREAM_WAKE", "event")
-    table = {seg: None for seg in SEGMENTS}
-    for seg in ("pelvis", "head"):
-        table[seg] = ImuStreamConfig(name=seg, source_id=seg)
-    sink = _Sink()
-    sync = sync_mod.Sync(
-        [SubjectConfig(id="s0", imu=table, cameras=[])],
-        Local(sink),
-        None,
-        cfg=SyncConfig(max_wait_ms=40.0, peer_wait_ms=4.0, causal=True),
-        imu_rate_hint=100.0,
-    )
+    names = {"pelvis": "pelvis", "head": "head"}
+    sync, sink = _sync_stage(monkeypatch, clock, "event", causal=True, streams=names)
     grid = 1000.0 + 3e-4 + np.arange(300) * 0.01
     # the head's sample just before a tick (the first from 2.5 s on with a tick after it)
     lost = next(i for i in range(250, 290) if np.ceil(grid[i] * 60) / 60 < grid[i + 1])
