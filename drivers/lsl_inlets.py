@@ -30,6 +30,7 @@ import pylsl
 from pylsl.util import LostError, handle_error
 from pylsl.util import TimeoutError as LslTimeoutError
 
+from drivers.liblsl import liblsl_function
 from drivers.selectors import xpath_literal
 from drivers.units import channel_meta, unit_scale
 from fusion.skeleton import IMU_CHANNELS, SEGMENTS
@@ -50,11 +51,9 @@ log = logging.getLogger(__name__)
 DIRECT_PULL = True
 _add = np.add.reduce  # ndarray.sum() without its Python wrapper (pull() runs ~1300 times/s)
 
-_gil_held_fns: dict[str, Any] = {}
-
 
 def _gil_held(fn: Any) -> Any:
-    """The same liblsl function, called without releasing the GIL (ctypes.PyDLL), or None.
+    """pylsl's liblsl function `fn` called without releasing the GIL, or None.
 
     Why: a ctypes call through pylsl's CDLL drops the GIL and must win it back on return; in a
     process where another stage thread computes, that costs up to a switch interval (1 ms)
@@ -64,16 +63,7 @@ def _gil_held(fn: Any) -> Any:
     name = getattr(fn, "__name__", None)
     if not name:
         return None
-    if name not in _gil_held_fns:
-        try:
-            lib = ctypes.PyDLL(pylsl.lib.lib._name)
-            held = getattr(lib, name)
-            held.restype = fn.restype
-            held.argtypes = fn.argtypes
-        except (AttributeError, OSError):
-            held = None
-        _gil_held_fns[name] = held
-    return _gil_held_fns[name]
+    return liblsl_function(name, fn.argtypes, fn.restype, keep_gil=True)
 
 
 #: How often the clock offset is refreshed (liblsl keeps estimating it in the background).
@@ -474,9 +464,7 @@ class ImuInlet:
             if DIRECT_PULL and (timeout <= 0 or self._lost) and self._drain_args:
                 # non-blocking: one liblsl call on cached arguments; ingest makes ~2 of these
                 # per stream and round, most finding one sample or nothing
-                n = self._pull_now(*self._drain_args) // self.n_channels
-                if self._err.value:
-                    handle_error(self._err)
+                n = self._pull_into(0, self._cap, 0.0)
                 if n == 0:
                     return self._nothing_new(local_clock())
                 if n < self._cap:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import pylsl
-import pylsl.lib
 from pylsl.util import handle_error
 
+from drivers.liblsl import liblsl_function
 from fusion.skeleton import ANGLES, GAIT_PARAMS
 
 __all__ = [
@@ -85,18 +86,14 @@ _RAW_PUSH = {
     "double64": ("lsl_push_chunk_dtnp", np.float64),
 }
 _FORMAT_NAMES = {pylsl.cf_float32: "float32", pylsl.cf_double64: "double64"}
-_raw_lib: ctypes.CDLL | None = None
 
 
-def _raw_push_function(fmt: str) -> ctypes._CFuncPtr:
-    """Our own handle on pylsl's liblsl (same library, own function objects), so setting
-    argtypes here changes nothing for pylsl's callers."""
-    global _raw_lib
-    if _raw_lib is None:
-        _raw_lib = ctypes.CDLL(pylsl.lib.lib._name)
-    fn = getattr(_raw_lib, _RAW_PUSH[fmt][0])
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_int]
-    fn.restype = ctypes.c_int
+def _raw_push_function(fmt: str) -> Any:
+    """liblsl's chunk push for `fmt`, as a function object of our own (drivers.liblsl)."""
+    argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_int]
+    fn = liblsl_function(_RAW_PUSH[fmt][0], argtypes, ctypes.c_int)
+    if fn is None:
+        raise RuntimeError(f"liblsl has no {_RAW_PUSH[fmt][0]}")
     return fn
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from drivers.lsl_inlets import ImuInlet, StreamFormatError, local_clock
 from drivers.selectors import StreamSelector, resolve
-from services.actors.messages import ImuMsg
+from services.actors.messages import ImuMsg, ImuPart
 from services.actors.stage import Stage, call, recent_ms
 from services.config import SubjectConfig
 from services.trace import Trace
@@ -120,11 +120,8 @@ class ImuIngest(Stage):
         self.hold_s = hold_s
         self.poll_skip = 0.8  # of a period after a delivery, the next poll
         self.stale_s = 0.25
-        # held parts as plain tuples (subject, stream, segments, t, data, rate); ImuMsg is
-        # built from them at send time (no per-packet ImuPart objects)
-        self._parts: list[tuple[str, str, tuple[str, ...], np.ndarray, np.ndarray, float]] = []
+        self._parts: list[ImuPart] = []
         self._newest_held = -math.inf  # newest sample time among the held parts
-        self._received = 0.0  # local clock of the newest held part's pull
         self._first_part: float | None = None
         self.tick_rate = tick_rate
         #: the sync's causal rule: tick t is complete once every stream has a sample within
@@ -323,11 +320,12 @@ class ImuIngest(Stage):
             src.newest = last
         if last > self._newest_held:
             self._newest_held = last
-        self._received = now
         n = len(t)
         self.samples += n
         src.uncounted += n
-        self._parts.append((src.subject, src.label, chunk.segments, t, chunk.data, rate))
+        self._parts.append(
+            ImuPart(src.subject, src.label, chunk.segments, t, chunk.data, rate, now)
+        )
         self._last_src = src
         if self._first_part is None:
             self._first_part = now
@@ -428,23 +426,10 @@ class ImuIngest(Stage):
 
     def _send(self) -> None:
         self._held_since = math.inf
-        parts = self._parts
         newest = self._newest_held
         trace = Trace(origin=newest).stamp("ingest")
         self._ages.append(trace.last() - newest)
-        # ImuMsg.pack's layout, built straight from the held tuples
-        msg = ImuMsg(
-            subjects=[p[0] for p in parts],
-            streams=[p[1] for p in parts],
-            segments=[p[2] for p in parts],
-            rates=[float(p[5]) for p in parts],
-            counts=np.array([len(p[3]) for p in parts], dtype=np.int64),
-            t=np.concatenate([p[3] for p in parts]),
-            data=np.concatenate([p[4].reshape(-1, 6) for p in parts]),
-            received=self._received,
-            trace=trace,
-        )
-        call(self.sync, "put", msg)
+        call(self.sync, "put", ImuMsg.pack(self._parts, trace))
         self._parts = []
         self._newest_held = -math.inf
         self._first_part = None
