@@ -96,13 +96,16 @@ class _Subject:
     events: pylsl.StreamOutlet
     seq: list[int] = field(default_factory=list)
     truth_pusher: ChunkPusher | None = None
-    offsets: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per IMU stream, s
-    clean: bool = False  # every IMU outlet open and none to corrupt: the fast path applies
 
-    def refresh(self) -> None:
-        """Recompute the per-stream state the push loop reads (after a hook changed it)."""
-        self.offsets = np.array([st.offset for st in self.imu], dtype=np.float64)
-        self.clean = all(st.pusher is not None and not st.corrupt for st in self.imu)
+    @property
+    def offsets(self) -> np.ndarray:
+        """Each IMU stream's clock offset (s; shift_clock)."""
+        return np.array([st.offset for st in self.imu], dtype=np.float64)
+
+    @property
+    def clean(self) -> bool:
+        """Every IMU outlet open and none to corrupt: the push's fast path applies."""
+        return all(st.pusher is not None and not st.corrupt for st in self.imu)
 
 
 class SimulatedLab:
@@ -185,7 +188,6 @@ class SimulatedLab:
             )
             subj = _Subject(k, imu, cams, truth, events, [0] * spec.n_cameras)
             subj.truth_pusher = ChunkPusher(truth, f"{TRUTH_NAME}@{self.run_tag}/{sid}")
-            subj.refresh()
             self.subjects.append(subj)
         self.t0: float | None = None
         self.lab_time = 0.0
@@ -239,7 +241,6 @@ class SimulatedLab:
             for s in self.subjects:
                 for st in s.imu:
                     st.close()
-                s.refresh()
                 for p in s.cameras:
                     p.close()
                 s.truth_pusher = None
@@ -352,7 +353,6 @@ class SimulatedLab:
                 x[:k] = np.nan  # x is this push's own array (a fresh copy or view of one)
                 st.corrupt -= k
             st.pusher.push_raw(x.ctypes.data, x.size, ts.ctypes.data)
-        subj.refresh()
 
     # ------------------------------------------------------------------ breaking things (tests)
 
@@ -363,7 +363,6 @@ class SimulatedLab:
         """The stream disappears from the network (outlet destroyed)."""
         with self._lock:
             self._imu(subject, segment).close()
-            self.subjects[subject].refresh()
 
     def resume_imu(self, subject: int, segment: str) -> None:
         """It comes back: a new outlet with the same name and source id."""
@@ -371,16 +370,13 @@ class SimulatedLab:
             st = self._imu(subject, segment)
             if st.outlet is None:
                 st.open()
-            self.subjects[subject].refresh()
 
     def shift_clock(self, subject: int, segment: str, seconds: float) -> None:
         """From now on the stream's timestamps are off by `seconds` (a device clock jump)."""
         with self._lock:
             self._imu(subject, segment).offset += float(seconds)
-            self.subjects[subject].refresh()
 
     def corrupt_imu(self, subject: int, segment: str, samples: int) -> None:
         """The next `samples` samples of the stream are NaN."""
         with self._lock:
             self._imu(subject, segment).corrupt += int(samples)
-            self.subjects[subject].refresh()

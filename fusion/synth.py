@@ -749,30 +749,10 @@ class SyntheticLab:
 
     def _slice(self, s: _Subject, a: float, b: float) -> SubjectChunk:
         """Samples of [a, b) from the ready blocks. The live lab calls this every few ms per
-        subject, so it does one searchsorted pair per grid and copies (no concatenation)
-        when [a, b) lies inside one block, the usual case."""
+        subject: one searchsorted pair per grid, and a plain copy (no concatenation) when
+        [a, b) lies inside one block, the usual case."""
         blocks = [blk for blk in s.blocks if blk.t1 > a and blk.t0 < b]
         n_cam = len(self.cameras)
-        if len(blocks) == 1:
-            blk = blocks[0]
-            i0, i1 = blk.imu_t.searchsorted((a, b))
-            k0, k1 = blk.truth_t.searchsorted((a, b))
-            cam_t, keypoints = [], []
-            for c in range(n_cam):
-                c0, c1 = blk.cam_t[c].searchsorted((a, b))
-                cam_t.append(blk.cam_t[c][c0:c1].copy())
-                keypoints.append(blk.keypoints[c][c0:c1].astype(np.float32))
-            return SubjectChunk(
-                subject=s.index,
-                imu_t=blk.imu_t[i0:i1].copy(),
-                imu=blk.imu[i0:i1].copy(),
-                imu_mask=blk.imu_mask[i0:i1].astype(bool),
-                cam_t=cam_t,
-                keypoints=keypoints,
-                truth_t=blk.truth_t[k0:k1].copy(),
-                truth_angles=blk.truth_angles[k0:k1].copy(),
-                events=blk.events_in(a, b),
-            )
 
         def pick(t: np.ndarray) -> slice:
             i, j = t.searchsorted((a, b))
@@ -797,6 +777,8 @@ class SyntheticLab:
         n_seg = len(SEGMENTS)
 
         def cat(xs: list[np.ndarray], shape: tuple) -> np.ndarray:
+            if len(xs) == 1:  # the usual case: [a, b) inside one block
+                return xs[0].copy()
             return np.concatenate(xs) if xs else np.zeros((0, *shape))
 
         return SubjectChunk(
