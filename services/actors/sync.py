@@ -42,8 +42,9 @@ __all__ = ["RawBuffer", "Sync", "interp_rows", "nearest_rows"]
 
 log = logging.getLogger(__name__)
 
-#: raw-stamp jitter allowed before a causal tick's next sample counts as late (see _accept)
-LATE_JITTER_S = 0.002
+#: how far a raw (received) stamp may jitter around its dejittered place: the slack of the
+#: sync's raw pre-check (_raw_marks) and before a causal tick's next sample counts late (_accept)
+RAW_JITTER_S = 0.002
 #: samples over which the sync stage judges whether a stream's dejitter fits (see _flush_imu)
 DEV_WINDOW = 128
 
@@ -277,7 +278,7 @@ class Sync(Stage):
         self.dejitter_max_dev = 0.005  # s: typical dejitter deviation tolerated, see _flush_imu
         # raw stamps jitter around the dejittered ones: a stream whose raw watermark is this
         # close below a tick may already let it out (see _ready_ticks)
-        self.raw_slack_s = 0.002 if self.event_driven else 0.0
+        self.raw_slack_s = RAW_JITTER_S if self.event_driven else 0.0
         if not self.event_driven:
             self.idle_s = 0.004  # the timer-driven runtime polled for max_wait
         self.subjects: dict[str, _Subject] = {}
@@ -430,7 +431,7 @@ class Sync(Stage):
         # late: a sample for a tick already out. Raw stamps jitter around the grid the ticks
         # were judged on: causally the sample just after a tick may be stamped a little
         # before it (counted 6 % of all samples late before this allowance)
-        margin = self.tol if kind == "video" else (LATE_JITTER_S if self.hold is not None else 0.0)
+        margin = self.tol if kind == "video" else (RAW_JITTER_S if self.hold is not None else 0.0)
         late = int(np.count_nonzero(t < subj.last_tick - margin))
         if late:
             self.buf.inc("late", (subj.id, st.label), late)
@@ -502,10 +503,12 @@ class Sync(Stage):
 
     def _complete_by(self, subj: _Subject, due: float) -> bool:
         """Whether every awaited stream already has (raw) data that completes tick `due`."""
-        marks = [
-            s.raw_watermark + self.raw_slack_s + self._lead(s) for s in self._streams_for(subj)
-        ]
+        marks = self._raw_marks(self._streams_for(subj))
         return bool(marks) and min(marks) >= due
+
+    def _raw_marks(self, streams: list[_Stream]) -> list[float]:
+        """How far each stream's received stamps complete ticks (the cheap pre-check)."""
+        return [s.raw_watermark + self.raw_slack_s + self._lead(s) for s in streams]
 
     def _streams_for(self, subj: _Subject) -> list[_Stream]:
         out: list[_Stream] = []
@@ -522,8 +525,7 @@ class Sync(Stage):
             return None
         assert subj.k_next is not None
         # cheap test on raw stamps first; dejitter only when a tick may be due
-        slack = self.raw_slack_s
-        raw = [s.raw_watermark + slack + self._lead(s) for s in live]
+        raw = self._raw_marks(live)
         released = self._peer_release(subj, raw, now)
         k_last = self._last_ready(subj.k_next, raw, now, released)
         if k_last < subj.k_next:
