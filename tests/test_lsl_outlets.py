@@ -8,6 +8,7 @@ import uuid
 import numpy as np
 import pylsl
 import pytest
+from lsl_helpers import open_inlet
 
 from drivers.lsl_outlets import AnglesOutlet, EventsOutlet, GaitOutlet, make_stream_info
 from drivers.units import channel_meta
@@ -16,14 +17,6 @@ from fusion.skeleton import ANGLES, GAIT_EVENTS, GAIT_PARAMS
 
 def _uid() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def _inlet_for(source_id: str) -> pylsl.StreamInlet:
-    found = pylsl.resolve_byprop("source_id", source_id, 1, 5.0)
-    assert found, f"outlet with source_id {source_id!r} not visible"
-    inlet = pylsl.StreamInlet(found[0], max_buflen=10)
-    inlet.open_stream(5.0)
-    return inlet
 
 
 def _pull(inlet: pylsl.StreamInlet, n: int, timeout: float = 3.0) -> tuple[list, list]:
@@ -56,7 +49,7 @@ def test_angles_outlet_metadata_and_timestamps_read_back() -> None:
     out = AnglesOutlet(subject, rate=50.0, source_id=base)
     sid = f"{base}/{subject}"
     assert out.source_id == sid
-    inlet = _inlet_for(sid)
+    inlet = open_inlet(sid)
     full = inlet.info(5.0)
     assert full.name() == "gait-stream/angles"
     assert full.type() == "JointAngles"
@@ -88,7 +81,7 @@ def test_angles_outlet_metadata_and_timestamps_read_back() -> None:
 def test_events_outlet_sends_markers_at_event_times() -> None:
     base = f"gait-stream/events-{_uid()}"
     out = EventsOutlet("s2", source_id=base)
-    inlet = _inlet_for(f"{base}/s2")
+    inlet = open_inlet(f"{base}/s2")
     full = inlet.info(5.0)
     assert (full.name(), full.type()) == ("gait-stream/events", "Markers")
     assert full.channel_format() == pylsl.cf_string
@@ -106,7 +99,7 @@ def test_events_outlet_sends_markers_at_event_times() -> None:
 def test_gait_outlet_one_double_sample_per_stride() -> None:
     base = f"gait-stream/gait-{_uid()}"
     with GaitOutlet(source_id=base) as out:
-        inlet = _inlet_for(base)  # no subject: the source id is the base
+        inlet = open_inlet(base)  # no subject: the source id is the base
         full = inlet.info(5.0)
         assert (full.name(), full.type()) == ("gait-stream/gait", "GaitParameters")
         assert full.channel_format() == pylsl.cf_double64

@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pylsl
 import pytest
+from lsl_helpers import open_inlet
 
 from drivers.lsl_outlets import ChunkPusher
 from drivers.simlab import SimulatedLab
@@ -183,14 +184,6 @@ def test_publish_sends_what_the_per_stream_code_sent(monkeypatch: pytest.MonkeyP
 
 
 # -- through real liblsl -------------------------------------------------------------------
-def _inlet(source_id: str) -> pylsl.StreamInlet:
-    found = pylsl.resolve_byprop("source_id", source_id, 1, 5.0)
-    assert found, f"no stream with source_id {source_id!r}"
-    inlet = pylsl.StreamInlet(found[0], max_buflen=10)
-    inlet.open_stream(5.0)
-    return inlet
-
-
 def _pull(inlet: pylsl.StreamInlet, n: int, timeout: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
     rows: list = []
     stamps: list = []
@@ -214,7 +207,7 @@ def test_chunk_pusher_delivers_what_push_chunk_delivers(transport: int) -> None:
         for k in sid
     }
     pusher = ChunkPusher(outs["fast"], "cp-fast")
-    inlets = {k: _inlet(sid[k]) for k in sid}
+    inlets = {k: open_inlet(sid[k]) for k in sid}
     time.sleep(0.2)  # open_stream returns before the outlet has the consumer (liblsl #176)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(120, 6))
@@ -253,7 +246,7 @@ def test_live_lab_streams_and_survives_pause_resume() -> None:
     assert lab.sync_outlets
     try:
         sid = lab.imu_source_ids(0)["pelvis"]
-        inlet = _inlet(sid)
+        inlet = open_inlet(sid)
         labels = inlet.info(5.0).desc().child("channels").child("channel")
         names = []
         while not labels.empty():
