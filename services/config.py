@@ -131,7 +131,9 @@ class SyncConfig:
     max_hold_ms: float = 25.0
     max_wait_ms: float = 15.0  # after a tick's time, emit it with what is there
     # once the other streams of a subject have completed a tick, a stream still without its
-    # sample gets this much longer (lost, not late: they arrive together), then the tick goes
+    # sample gets this much longer from their arrival (the IMU ingest holds the round as
+    # long; lost, not late: they arrive together), then the tick goes out with its older
+    # sample held
     peer_wait_ms: float = 4.0
     wait_for: list[str] = field(default_factory=lambda: ["imu"])  # watermark modalities
     imu_max_gap_ms: float = 30.0  # widest IMU gap interpolated across

@@ -314,6 +314,7 @@ def start_pipeline(
             clock_jump_s=cfg.sync.clock_jump_s,
             tick_rate=cfg.model.rate_hz,
             causal=cfg.sync.causal,
+            hold_s=cfg.sync.peer_wait_ms / 1e3,
             flush_s=flush_s,
         )
         # a neural model's step (5-10 ms a tick) would share the chain's GIL with ingest and
