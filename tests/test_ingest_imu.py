@@ -232,3 +232,49 @@ def test_a_round_missing_a_lost_packet_goes_out_after_the_hold(
         assert [p.stream for p in sink.msgs[-1].parts] == [names["thigh_r"]]
     finally:
         ing.stop()
+
+
+def test_a_round_that_completes_no_tick_is_held_until_a_round_that_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Causal, tick_rate 60: a complete round that lets no new tick out rides along with the
+    next one; the hold time running out with nothing new does not send it on its own."""
+    monkeypatch.setenv("GAIT_STREAM_WAKE", "event")
+    names = {seg: f"{TAG}-ride-{seg}" for seg in ("thigh_r", "shank_r")}
+    outlets, table = imu_outlets(names)
+    sink = Sink()
+    ing = ImuIngest(
+        [SubjectConfig(id="s0", imu=table, cameras=[])],
+        Local(sink),
+        None,
+        resolve_timeout_s=2.0,
+        tick_rate=60.0,
+        hold_s=0.02,
+        causal=True,
+    )
+    ing.max_defer_s = 5.0
+    assert sorted(ing.open()["up"]) == sorted(names.values())
+    inlets = [s.inlet for s in ing.sources]
+
+    def round_at(t: float) -> int:
+        queued = [i.queued() for i in inlets]
+        for out in outlets.values():
+            out.push_sample(np.ones(6, np.float32), t)
+        deadline = time.monotonic() + 2.0
+        while any(i.queued() <= q for i, q in zip(inlets, queued, strict=True)):
+            assert time.monotonic() < deadline, "samples never reached the inlets"
+            time.sleep(0.001)
+        ing.step([])
+        return len(sink.msgs)
+
+    try:
+        k = math.ceil(pylsl.local_clock() * 60.0) + 1
+        assert round_at(k / 60.0 + 0.001) == 1
+        assert round_at(k / 60.0 + 0.003) == 1  # completes tick k only, already sent: held
+        time.sleep(ing.hold_s + 0.01)
+        ing.step([])
+        assert len(sink.msgs) == 1  # nothing new arrived: still held
+        assert round_at((k + 1) / 60.0 - 0.005) == 2  # completes tick k+1: both rounds go
+        assert len(sink.msgs[-1].parts) == 4
+    finally:
+        ing.stop()

@@ -390,6 +390,8 @@ class ImuIngest(Stage):
         """
         if self.tick_rate <= 0 or now - self._held_since >= self.max_defer_s:
             return True
+        if not any(s.fresh for s in active):
+            return False  # nothing new since the round was held back: still no new tick
         stale = self.stale_s
         causal = self.causal
         watermark = math.inf
