@@ -317,42 +317,6 @@ def test_a_stream_its_peers_outran_goes_out_held_after_peer_wait(
     assert batch.imu[-1, SEGMENT_INDEX["pelvis"], 0] == lost
 
 
-def test_peer_wait_runs_from_the_peers_arrival_not_from_when_the_sync_saw_them(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The ingest holds a round `peer_wait` for a lost packet before sending what came; the
-    sync's own peer wait counts from those packets' arrival, so the tick goes out the moment
-    the round reaches it instead of waiting `peer_wait` a second time."""
-    from fusion.skeleton import SEGMENT_INDEX
-    from services.actors.messages import ImuMsg, ImuPart
-    from services.trace import Trace
-
-    clock = _Clock(1000.0)
-    names = {"pelvis": "pelvis", "head": "head"}
-    sync, sink = _sync_stage(monkeypatch, clock, "event", causal=True, streams=names)
-    grid = 1000.0 + 3e-4 + np.arange(300) * 0.01
-    lost = next(i for i in range(250, 290) if np.ceil(grid[i] * 60) / 60 < grid[i + 1])
-    tick = np.ceil(grid[lost] * 60) / 60
-
-    def round_(i: int, segs: tuple[str, ...], arrived: float, at: float) -> None:
-        clock.t = at
-        x = np.full((1, 1, 6), float(i))
-        parts = [ImuPart("s0", seg, (seg,), grid[i : i + 1], x, 100.0, arrived) for seg in segs]
-        sync.step([ImuMsg.pack(parts, Trace(float(grid[i])).stamp("ingest", at))])
-
-    for i in range(lost):
-        t = float(grid[i]) + 0.0002
-        round_(i, ("pelvis", "head"), t, t)
-    arrived = float(grid[lost]) + 0.0002
-    sink.msgs.clear()
-    # the pelvis's packet reaches the sync after the ingest held it 4 ms for the head's
-    round_(lost, ("pelvis",), arrived, max(tick, arrived + 0.004))
-    assert sink.msgs, "the tick waited a second peer_wait"
-    batch = sink.msgs[-1].batches["s0"]
-    assert batch.t[-1] == pytest.approx(tick)
-    assert batch.imu[-1, SEGMENT_INDEX["head"], 0] == lost - 1  # its older sample, held
-
-
 def test_sync_sleeps_until_the_max_wait_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = _Clock(1000.0)
     sync, sink = _sync_stage(monkeypatch, clock, "event")

@@ -383,20 +383,15 @@ class ImuIngest(Stage):
         IMU rounds come at 100 Hz, ticks at 60 Hz: two rounds in five complete no new tick,
         and holding them for the next round costs no latency but saves 40 % of the Ray calls.
         A round held longer than `max_defer_s` goes out anyway (the sync's max-wait timer
-        needs to see what did arrive). Only the streams that delivered in this round set the
-        watermark: one that missed it (the round closed after `hold_s` without it) lost its
-        packet, and the sync stage lets the tick out on its peers (its peer wait) if it sees
-        them now rather than `max_defer_s` later.
+        needs to see what did arrive).
         """
         if self.tick_rate <= 0 or now - self._held_since >= self.max_defer_s:
             return True
-        if not any(s.fresh for s in active):
-            return False  # nothing new since the round was held back: still no new tick
         stale = self.stale_s
         causal = self.causal
         watermark = math.inf
         for s in active:
-            if not s.fresh or s.last_arrival is None or now - s.last_arrival >= stale:
+            if s.last_arrival is None or now - s.last_arrival >= stale:
                 continue
             w = s.newest
             if causal and s.inlet is not None and s.inlet.rate > 0:

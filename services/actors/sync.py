@@ -242,7 +242,7 @@ class _Subject:
     ticks: int = 0
     masked: dict[str, int] = field(default_factory=lambda: {"imu": 0, "video": 0})
     flushed_for: int | None = None  # the tick whose data was dejittered ahead of its time
-    partial: tuple[int, float] | None = None  # (tick, when its first streams arrived with it)
+    partial: tuple[int, float] | None = None  # (tick, when some streams had completed it)
 
 
 class Sync(Stage):
@@ -526,7 +526,7 @@ class Sync(Stage):
         assert subj.k_next is not None
         # cheap test on raw stamps first; dejitter only when a tick may be due
         raw = self._raw_marks(live)
-        released = self._peer_release(subj, live, raw, now)
+        released = self._peer_release(subj, raw, now)
         k_last = self._last_ready(subj.k_next, raw, now, released)
         if k_last < subj.k_next:
             ahead = self.hold is not None and raw and subj.flushed_for != subj.k_next
@@ -537,7 +537,7 @@ class Sync(Stage):
             return None
         self._flush(subj)
         marks = [s.watermark + self._lead(s) for s in live]
-        released = max(released, self._peer_release(subj, live, marks, now))
+        released = max(released, self._peer_release(subj, marks, now))
         k_last = self._last_ready(subj.k_next, marks, now, released)
         if k_last < subj.k_next:
             return None
@@ -613,28 +613,20 @@ class Sync(Stage):
             limit = max(min(min(marks), now), min(late, max(marks)))
         return math.floor(limit * self.rate + 1e-9)
 
-    def _peer_release(
-        self, subj: _Subject, streams: list[_Stream], marks: list[float], now: float
-    ) -> float:
+    def _peer_release(self, subj: _Subject, marks: list[float], now: float) -> float:
         """The next tick's time once its peers are `peer_wait` past completing it (else -inf).
 
         Why: the sensors of a subject arrive together (one hub, one push), so when the others
-        have delivered a tick's samples and one stream has not for `peer_wait` more, its
-        sample was lost: waiting the full `max_wait` for the next one only delays the tick
-        (the lost stream's older sample is held). The wait runs from the peers' arrival, not
-        from when this stage saw them: the ingest stage already held their round `peer_wait`
-        for the missing packet, and a second wait on top of it would double the delay.
+        have delivered a tick's samples and one stream has not for `peer_wait` more (the
+        ingest already waited for it), its sample was lost: waiting the full `max_wait`
+        for the next one only delays the tick (the lost stream's older sample is held).
         """
         assert subj.k_next is not None
         due = subj.k_next / self.rate
         if not marks or min(marks) >= due or max(marks) < due:
             return -math.inf  # complete, or nobody is there yet
         if subj.partial is None or subj.partial[0] != subj.k_next:
-            arrived = min(
-                (s.last_arrival for s, m in zip(streams, marks, strict=True) if m >= due),
-                default=now,
-            )
-            subj.partial = (subj.k_next, min(arrived, now))
+            subj.partial = (subj.k_next, now)
         return due if now - subj.partial[1] >= self.peer_wait else -math.inf
 
     @staticmethod
