@@ -39,7 +39,10 @@ def test_hold_report_judges_each_minute() -> None:
     t0 = float(arrival[0])
     keep = np.ones(n, bool)
     keep[int(90 * RATE) : int(90 * RATE) + 4] = False  # 4 ticks lost at 1:30
-    feeds = [(t[keep], arrival[keep])]
+    sq = np.full((keep.sum(), 2), 4.0)  # 2 deg on both angles, 3 deg in the last minute
+    sq[t[keep] >= t[0] + 120.0] = 9.0
+    sq[0, 1] = np.nan  # a tick without truth is left out
+    feeds = [(t[keep], arrival[keep], sq)]
     marks = [
         (t0, {"dropped": {"sync|queue_full": 0.0}}),
         (t0 + 60.0, {"dropped": {"sync|queue_full": 0.0}}),
@@ -55,6 +58,9 @@ def test_hold_report_judges_each_minute() -> None:
     assert m2["max_output_gap_ms"] == pytest.approx(5e3 / RATE, abs=0.1)
     assert not m3["held"] and m3["dropped"] == 2 and m3["missing_ticks"] == 0
     assert rep["minutes_held"] == 1
+    assert [m["rmse_lower_limb_deg"] for m in rep["minutes"]] == pytest.approx([2.0, 2.0, 3.0])
+    no_truth = _hold_report([(t, arrival, None)], marks[:2], RATE, lookahead_s=0.0)
+    assert np.isnan(no_truth["minutes"][0]["rmse_lower_limb_deg"])
 
 
 def test_moved_counters_by_label() -> None:

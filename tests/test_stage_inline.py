@@ -64,3 +64,26 @@ def test_inline_downstream_runs_on_the_upstream_thread_and_keeps_its_cpu() -> No
     # 10 x 20 ms downstream, 10 x 5 ms upstream: each stage is charged its own
     assert 0.18 < down.thread_cpu() < 0.35, down.thread_cpu()
     assert up.thread_cpu() < 0.12, up.thread_cpu()
+
+
+def test_gc_pauses_leave_out_the_start_up_collection(monkeypatch) -> None:
+    """tune_process's own full collection (before freezing what the actor built) is a
+    start-up pause; the recorder, which the bench reports as data-path pauses, starts after
+    it and sees the collections that follow."""
+    import gc
+    import sys
+
+    import services.actors.stage as stage
+
+    monkeypatch.setattr(stage, "_tuned", {})
+    monkeypatch.setenv("GAIT_STREAM_WAKE", "event")
+    switch, threshold = sys.getswitchinterval(), gc.get_threshold()
+    rec = stage.tune_process()
+    try:
+        assert rec.count == [0, 0, 0]
+        gc.collect()
+        assert rec.count[2] == 1
+    finally:
+        gc.callbacks.remove(rec)
+        sys.setswitchinterval(switch)
+        gc.set_threshold(*threshold)

@@ -113,10 +113,9 @@ def tune_process(*, switch_interval_s: float | None = None) -> GcPauses:
         if "gc" in _tuned:
             return _tuned["gc"]
         rec = GcPauses()
-        gc.callbacks.append(rec)
         _tuned["gc"] = rec
         if event_driven():
-            gc.collect()
+            gc.collect()  # (before the recorder: a start-up pause, not one on the data path)
             gc.freeze()
             _, g1, g2 = gc.get_threshold()
             gc.set_threshold(5000, g1, g2)
@@ -129,6 +128,7 @@ def tune_process(*, switch_interval_s: float | None = None) -> GcPauses:
                         f"GAIT_STREAM_SWITCH_INTERVAL_MS={ms!r}: expected milliseconds"
                     ) from None
             sys.setswitchinterval(switch_interval_s)
+        gc.callbacks.append(rec)
         return rec
 
 

@@ -13,7 +13,8 @@ still settling. `--find-max` raises the number of subjects until 60 Hz can no lo
 
 `--hold MINUTES` (or any run of a minute or more) also judges every minute on its own:
 `hold.minutes[i]` has that minute's output rate, missing ticks (gaps in the tick grid of the
-angles that arrived), dropped count, p99 and largest gap between outputs; `hold.held` is true
+angles that arrived), dropped count, p99, largest gap between outputs and lower-limb RMSE
+against the simulator's truth (does accuracy drift over the run?); `hold.held` is true
 when every minute and the whole run had all ticks at the model rate and nothing dropped.
 
 `--wake timer` runs the pipeline as it was before the event-driven runtime (ingest polling
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import sys
 import threading
@@ -258,8 +260,17 @@ def _arrival_gap_ms(arrival: np.ndarray) -> float:
     return round(float(np.max(np.diff(pulls))) * 1e3, 2)
 
 
+def _minute_rmse(sq_err: np.ndarray | None) -> float:
+    """Lower-limb RMSE (deg) of one minute: each scored angle's RMSE, then their mean (as
+    the whole run's `rmse_lower_limb_deg`); NaN without truth."""
+    if sq_err is None or not np.isfinite(sq_err).any():
+        return float("nan")
+    per_angle = [np.sqrt(np.mean(c[np.isfinite(c)])) for c in sq_err.T if np.isfinite(c).any()]
+    return round(float(np.mean(per_angle)), 2)
+
+
 def _hold_report(
-    feeds: list[tuple[np.ndarray, np.ndarray]],
+    feeds: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
     marks: list[tuple[float, dict[str, Any]]],
     rate: float,
     lookahead_s: float,
@@ -267,13 +278,15 @@ def _hold_report(
     """Judge each minute between `marks` (lsl time, metrics totals) on its own.
 
     A minute holds when every subject got all its ticks (none missing in the tick grid, a
-    rate within 1 Hz of the model rate) and no stage dropped anything.
+    rate within 1 Hz of the model rate) and no stage dropped anything. Each feed is (tick
+    times, arrival times, squared error per scored angle or None); the minute's lower-limb
+    RMSE shows whether accuracy drifts over a long run (orientation filters do).
     """
     minutes = []
     for (a, tot_a), (b, tot_b) in itertools.pairwise(marks):
         span = b - a
         subj = []
-        for t, arrival in feeds:
+        for t, arrival, sq in feeds:
             sel = (arrival >= a) & (arrival < b)
             missing, dup, tick_gap = _tick_gaps(t[sel], rate)
             subj.append(
@@ -284,6 +297,7 @@ def _hold_report(
                     "max_tick_gap_ms": tick_gap,
                     "max_output_gap_ms": _arrival_gap_ms(arrival[sel]),
                     "p99_ms": _pct((arrival[sel] - t[sel] - lookahead_s) * 1e3)["p99"],
+                    "rmse": _minute_rmse(None if sq is None else sq[sel]),
                 }
             )
         dropped = int(_delta(tot_a, tot_b, "dropped"))
@@ -302,9 +316,15 @@ def _hold_report(
                 "missing_ticks": sum(s["missing_ticks"] for s in subj),
                 "max_output_gap_ms": max((s["max_output_gap_ms"] for s in subj), default=0.0),
                 "p99_ms": max((s["p99_ms"] for s in subj), default=float("nan")),
+                "rmse_lower_limb_deg": _nanmean([s["rmse"] for s in subj]),
             }
         )
     return {"minutes": minutes, "minutes_held": sum(m["held"] for m in minutes)}
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return round(float(np.mean(finite)), 2) if finite else float("nan")
 
 
 def _machine_busy_s() -> float:
@@ -403,7 +423,7 @@ def run_bench(
         sys.setswitchinterval(switch)
 
     per_subject: dict[str, Any] = {}
-    feeds: list[tuple[np.ndarray, np.ndarray]] = []
+    feeds: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
     all_lat: list[np.ndarray] = []
     sq_err: dict[str, list[np.ndarray]] = {a: [] for a in SCORED_ANGLES}
     truth = {f.subject: Observer.arrays(f) for f in obs.truth}
@@ -413,7 +433,6 @@ def run_bench(
         lat_ms = (arrival[sel] - t[sel] - lookahead_s) * 1e3
         all_lat.append(lat_ms)
         n = int(sel.sum())
-        feeds.append((t, arrival))
         missing, dup, tick_gap = _tick_gaps(t[sel], rate)
         per_subject[feed.subject] = {
             "rate_hz": round(n / seconds, 2),
@@ -424,12 +443,16 @@ def run_bench(
             "latency_ms": _pct(lat_ms),
         }
         tt, tx, _ = truth.get(feed.subject, (np.zeros(0), None, None))
+        sq = None
         if len(tt) > 1 and n:
-            for a in SCORED_ANGLES:
+            sq = np.full((len(t), len(SCORED_ANGLES)), np.nan)  # per tick, for the minutes
+            for j, a in enumerate(SCORED_ANGLES):
                 i = ANGLE_INDEX[a]
                 ref = np.interp(t[sel], tt, tx[:, i], left=np.nan, right=np.nan)
                 err = x[sel, i] - ref
+                sq[sel, j] = err**2
                 sq_err[a].append(err[np.isfinite(err)] ** 2)
+        feeds.append((t, arrival, sq))
     lat = np.concatenate(all_lat) if all_lat else np.zeros(0)
     rmse = {
         a: round(float(np.sqrt(np.mean(np.concatenate(v)))), 2)
@@ -620,7 +643,8 @@ def _report(res: dict[str, Any], as_json: bool) -> None:
         print(
             f"    minute {m['minute']:>2}: {'held' if m['held'] else 'NOT held'}, "
             f"{m['rate_hz']} Hz, missing {m['missing_ticks']}, dropped {m['dropped']}, "
-            f"p99 {m['p99_ms']} ms, largest gap {m['max_output_gap_ms']} ms"
+            f"p99 {m['p99_ms']} ms, largest gap {m['max_output_gap_ms']} ms, "
+            f"lower-limb RMSE {m['rmse_lower_limb_deg']} deg"
         )
     print(f"  60 Hz held with nothing dropped: {res['held']}")
     if res["rmse_deg"]:
