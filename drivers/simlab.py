@@ -232,10 +232,16 @@ class SimulatedLab:
             self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop pushing, outlets still open: a consumer closing its inlets after this is not
+        written to any more (a synchronous outlet's write to a closed inlet makes liblsl log
+        'Sync socket disconnected' once per stream)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+
+    def stop(self) -> None:
+        self.halt()
         self.lab.close()
         with self._lock:
             for s in self.subjects:

@@ -593,6 +593,8 @@ def stop_pipeline(pipe: Pipeline) -> dict[str, Any]:
     import ray
 
     summary: dict[str, Any] = {}
+    if pipe.lab is not None:
+        pipe.lab.halt()  # no more samples: the ingest's inlets then close on quiet streams
     order = ["ingest_imu", "ingest_keypoints", "sync", *pipe.inference_roles, "gait", "publish"]
     if not pipe.inference_roles:
         order.insert(3, "inference")
