@@ -87,6 +87,7 @@ def test_report_names_the_estimator_its_backend_and_model_time(
         "estimator": "fusionnet",
         "estimator_info": {"backend": "onnx", "device": "cpu", "threads": 1},
         "estimator_ms": {"fusionnet": {"p50": 2.5, "p99": 7.25}},
+        "estimator_ms_per_tick": {"fusionnet": {"p50": 2.5, "p99": 3.5}},
         "latency_ms": {"p50": 20.0, "p99": 90.0, "max": 120.0},
         "lookahead_ms": 0.0,
         "stages_ms": {},
@@ -105,7 +106,7 @@ def test_report_names_the_estimator_its_backend_and_model_time(
     _report(res, as_json=False)
     out = capsys.readouterr().out
     assert "estimator fusionnet (onnx)" in out
-    assert "model time per call: p50 2.50 ms, p99 7.25 ms" in out
+    assert "model time per call: p50 2.50 ms, p99 7.25 ms; per tick p50 2.50 ms, p99 3.50" in out
     _report({**res, "estimator": "classical", "estimator_info": {"backend": None}}, False)
     out = capsys.readouterr().out
     assert "estimator classical\n" in out and "model time" not in out

@@ -181,6 +181,9 @@ def test_start_serves_angles_metrics_and_tracks_truth(tmp_path: Path, fusionnet_
         r'gait_stream_input_samples_total\{kind="imu",stream="\S+",subject="s0"\}', metrics_text
     )
     assert "gait_stream_subjects_running 1.0" in metrics_text
+    for series in ("estimator_seconds", "estimator_tick_seconds"):  # per call and per tick
+        m = re.search(rf'gait_stream_{series}_count\{{estimator="fusionnet"\}} (\S+)', metrics_text)
+        assert m and float(m.group(1)) > 0, f"no gait_stream_{series} for fusionnet"
 
     # ---- tracking the simulator's ground truth (same clock: both are LSL local_clock)
     tr_t, tr_x = np.asarray(tr_t), np.asarray(tr_x, dtype=float)

@@ -188,7 +188,10 @@ class Inference(Stage):
         batches = {s: concat_batches(b) for s, b in per_subject.items()}
         t0 = time.perf_counter()
         results = self.est.update_many(batches)
-        self.buf.observe("estimator", (self.name,), time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self.buf.observe("estimator", (self.name,), took)
+        n_ticks = max(len(b.t) for b in batches.values())
+        self.buf.observe("estimator_tick", (self.name,), took / max(n_ticks, 1))
         self.calls += 1
         now = time.monotonic()
         for s in batches:

@@ -105,6 +105,13 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], str]] = {
         ("estimator",),
         "Time of one estimator call (all subjects of a batch)",
     ),
+    "estimator_tick": (
+        "histogram",
+        "gait_stream_estimator_tick_seconds",
+        ("estimator",),
+        "Estimator time per model tick: a call's time over the ticks it covered (a call that "
+        "catches up on a backlog covers several)",
+    ),
     "subjects_running": ("gauge", "gait_stream_subjects_running", (), "Subjects in the pipeline"),
     "subjects_per_node": (
         "gauge",
@@ -196,7 +203,7 @@ class Metrics:
             elif kind == "gauge":
                 self._m[key] = Gauge(name, doc, labels, registry=self.registry)
             else:
-                buckets = ESTIMATOR_BUCKETS if key == "estimator" else LATENCY_BUCKETS
+                buckets = ESTIMATOR_BUCKETS if key.startswith("estimator") else LATENCY_BUCKETS
                 self._m[key] = Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
         self._totals: dict[str, dict[tuple[str, ...], float]] = defaultdict(dict)
         self._gauges: dict[str, dict[tuple[str, ...], float]] = defaultdict(dict)
@@ -273,6 +280,7 @@ class Metrics:
             e2e = self._window("e2e", since)
             stages = self._window("stage_latency", since)
             est = self._window("estimator", since)
+            est_tick = self._window("estimator_tick", since)
             all_e2e = np.concatenate(list(e2e.values())) if e2e else np.zeros(0)
             return {
                 "uptime_s": time.monotonic() - self.started,
@@ -287,6 +295,7 @@ class Metrics:
                     "per_subject": {lab[0]: percentiles(v) for lab, v in e2e.items()},
                     "stages": {lab[0]: percentiles(v) for lab, v in stages.items()},
                     "estimator": {lab[0]: percentiles(v) for lab, v in est.items()},
+                    "estimator_per_tick": {lab[0]: percentiles(v) for lab, v in est_tick.items()},
                 },
                 "samples": {"end_to_end": len(all_e2e)},
             }
