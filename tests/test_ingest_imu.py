@@ -222,10 +222,20 @@ def test_a_round_that_completes_no_tick_is_held_until_a_round_that_does(
         k = math.ceil(pylsl.local_clock() * 60.0) + 1
         assert round_at(k / 60.0 + 0.001) == 1
         assert round_at(k / 60.0 + 0.003) == 1  # completes tick k only, already sent: held
+        active = [s for s in ing.sources if s.inlet is not None]
+        # no wake-up at the hold time for nothing: the next one is a packet or the defer
+        ing.flush(force=True)  # (the worker flushes after every step; its timer is not due)
+        assert ing._next_wait(active, pylsl.local_clock())[1] > ing.hold_s
         time.sleep(ing.hold_s + 0.01)
         ing.step([])
         assert len(sink.msgs) == 1  # nothing new arrived: still held
         assert round_at((k + 1) / 60.0 - 0.005) == 2  # completes tick k+1: both rounds go
         assert len(sink.msgs[-1].parts) == 4
+        # held again, and nothing more comes: it goes out when the defer time is up
+        assert round_at((k + 1) / 60.0 - 0.003) == 2
+        ing.max_defer_s = 0.03
+        time.sleep(0.04)
+        ing.step([])
+        assert len(sink.msgs) == 3
     finally:
         ing.stop()

@@ -342,7 +342,7 @@ class ImuIngest(Stage):
         else:  # nothing the sync could emit yet: ride along with the next round
             for src in self.sources:
                 src.fresh = False
-            self._first_part = now
+            self._first_part = None  # the next round's hold starts with its first packet
         return True
 
     def _live(self, src: ImuSource, now: float) -> bool:
@@ -414,7 +414,11 @@ class ImuIngest(Stage):
 
         The sync stage needs the slowest stream before a tick can go out, so forwarding the
         first streams of a round early gains nothing; one message per round saves Ray calls.
+        A round held back (`_advances_a_tick`) with no packet of the next one yet is not
+        re-judged every `hold_s` (a wake-up for nothing), only once `max_defer_s` is up.
         """
+        if self._first_part is None:
+            return now - self._held_since >= self.max_defer_s
         if now - self._first_part >= self.hold_s:
             return True
         for src in active:
