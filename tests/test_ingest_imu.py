@@ -135,15 +135,12 @@ def test_stop_ends_a_blocked_worker_promptly(monkeypatch: pytest.MonkeyPatch) ->
     assert ing._thread is not None and not ing._thread.is_alive()
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_causal_rule_sends_a_round_that_completes_a_tick_within_one_period(
-    monkeypatch: pytest.MonkeyPatch, causal: bool
-) -> None:
-    """tick_rate 60, streams at 100 Hz. A round whose newest samples lie 5 ms before tick k+1
-    completes it only under the causal rule (newest + 1/rate > tick): then it goes out at
-    once; otherwise it is held (no new tick), and goes out when the defer time runs out."""
+def _tick_ingest(
+    monkeypatch: pytest.MonkeyPatch, tag: str, hold_s: float, causal: bool
+) -> tuple[ImuIngest, Sink, dict[str, Any]]:
+    """An event-driven ingest on two 100 Hz streams (thigh_r, shank_r) at tick rate 60."""
     monkeypatch.setenv("GAIT_STREAM_WAKE", "event")
-    names = {seg: f"{TAG}-causal{int(causal)}-{seg}" for seg in ("thigh_r", "shank_r")}
+    names = {seg: f"{TAG}-{tag}-{seg}" for seg in ("thigh_r", "shank_r")}
     outlets, table = imu_outlets(names)
     sink = Sink()
     ing = ImuIngest(
@@ -152,28 +149,40 @@ def test_causal_rule_sends_a_round_that_completes_a_tick_within_one_period(
         None,
         resolve_timeout_s=2.0,
         tick_rate=60.0,
-        hold_s=0.05,
+        hold_s=hold_s,
         causal=causal,
     )
-    assert ing.causal is causal
     assert sorted(ing.open()["up"]) == sorted(names.values())
+    return ing, sink, outlets
+
+
+def _round_at(ing: ImuIngest, sink: Sink, outlets: dict[str, Any], t: float) -> int:
+    """Push one sample per stream stamped t, poll once when all arrived; messages sent."""
     inlets = [s.inlet for s in ing.sources]
+    queued = [i.queued() for i in inlets]
+    _push_round(outlets, t)
+    deadline = time.monotonic() + 2.0
+    while any(i.queued() <= q for i, q in zip(inlets, queued, strict=True)):
+        assert time.monotonic() < deadline, "samples never reached the inlets"
+        time.sleep(0.001)
+    ing.step([])
+    return len(sink.msgs)
 
-    def round_at(t: float) -> int:
-        """Push one sample per stream stamped t, poll once when both arrived; messages sent."""
-        queued = [i.queued() for i in inlets]
-        _push_round(outlets, t)
-        deadline = time.monotonic() + 2.0
-        while any(i.queued() <= q for i, q in zip(inlets, queued, strict=True)):
-            assert time.monotonic() < deadline, "samples never reached the inlets"
-            time.sleep(0.001)
-        ing.step([])
-        return len(sink.msgs)
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_causal_rule_sends_a_round_that_completes_a_tick_within_one_period(
+    monkeypatch: pytest.MonkeyPatch, causal: bool
+) -> None:
+    """tick_rate 60, streams at 100 Hz. A round whose newest samples lie 5 ms before tick k+1
+    completes it only under the causal rule (newest + 1/rate > tick): then it goes out at
+    once; otherwise it is held (no new tick), and goes out when the defer time runs out."""
+    ing, sink, outlets = _tick_ingest(monkeypatch, f"causal{int(causal)}", 0.05, causal)
+    assert ing.causal is causal
     try:
         k = math.ceil(pylsl.local_clock() * 60.0) + 1
-        assert round_at(k / 60.0 + 0.001) == 1  # the first round always goes
-        n = round_at((k + 1) / 60.0 - 0.005)  # 5 ms short of tick k+1, 5 ms within a period
+        assert _round_at(ing, sink, outlets, k / 60.0 + 0.001) == 1  # the first always goes
+        # 5 ms short of tick k+1, 5 ms within a period
+        n = _round_at(ing, sink, outlets, (k + 1) / 60.0 - 0.005)
         assert n == (2 if causal else 1)
         if not causal:  # held, not lost: it goes out once the defer time has passed
             time.sleep(max(ing.hold_s, ing.max_defer_s) + 0.01)
@@ -189,39 +198,15 @@ def test_a_round_that_completes_no_tick_is_held_until_a_round_that_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Causal, tick_rate 60: a complete round that lets no new tick out rides along with the
-    next one; the hold time running out with nothing new does not send it on its own."""
-    monkeypatch.setenv("GAIT_STREAM_WAKE", "event")
-    names = {seg: f"{TAG}-ride-{seg}" for seg in ("thigh_r", "shank_r")}
-    outlets, table = imu_outlets(names)
-    sink = Sink()
-    ing = ImuIngest(
-        [SubjectConfig(id="s0", imu=table, cameras=[])],
-        Local(sink),
-        None,
-        resolve_timeout_s=2.0,
-        tick_rate=60.0,
-        hold_s=0.02,
-        causal=True,
-    )
+    next one; the hold time running out with nothing new neither sends it nor wakes the
+    worker; with nothing more coming it goes out when the defer time is up."""
+    ing, sink, outlets = _tick_ingest(monkeypatch, "ride", 0.02, True)
     ing.max_defer_s = 5.0
-    assert sorted(ing.open()["up"]) == sorted(names.values())
-    inlets = [s.inlet for s in ing.sources]
-
-    def round_at(t: float) -> int:
-        queued = [i.queued() for i in inlets]
-        for out in outlets.values():
-            out.push_sample(np.ones(6, np.float32), t)
-        deadline = time.monotonic() + 2.0
-        while any(i.queued() <= q for i, q in zip(inlets, queued, strict=True)):
-            assert time.monotonic() < deadline, "samples never reached the inlets"
-            time.sleep(0.001)
-        ing.step([])
-        return len(sink.msgs)
-
     try:
         k = math.ceil(pylsl.local_clock() * 60.0) + 1
-        assert round_at(k / 60.0 + 0.001) == 1
-        assert round_at(k / 60.0 + 0.003) == 1  # completes tick k only, already sent: held
+        assert _round_at(ing, sink, outlets, k / 60.0 + 0.001) == 1
+        # completes tick k only, already sent: held
+        assert _round_at(ing, sink, outlets, k / 60.0 + 0.003) == 1
         active = [s for s in ing.sources if s.inlet is not None]
         # no wake-up at the hold time for nothing: the next one is a packet or the defer
         ing.flush(force=True)  # (the worker flushes after every step; its timer is not due)
@@ -229,10 +214,11 @@ def test_a_round_that_completes_no_tick_is_held_until_a_round_that_does(
         time.sleep(ing.hold_s + 0.01)
         ing.step([])
         assert len(sink.msgs) == 1  # nothing new arrived: still held
-        assert round_at((k + 1) / 60.0 - 0.005) == 2  # completes tick k+1: both rounds go
+        # completes tick k+1: both rounds go
+        assert _round_at(ing, sink, outlets, (k + 1) / 60.0 - 0.005) == 2
         assert len(sink.msgs[-1].parts) == 4
         # held again, and nothing more comes: it goes out when the defer time is up
-        assert round_at((k + 1) / 60.0 - 0.003) == 2
+        assert _round_at(ing, sink, outlets, (k + 1) / 60.0 - 0.003) == 2
         ing.max_defer_s = 0.03
         time.sleep(0.04)
         ing.step([])
