@@ -260,13 +260,20 @@ def _arrival_gap_ms(arrival: np.ndarray) -> float:
     return round(float(np.max(np.diff(pulls))) * 1e3, 2)
 
 
+def _column_rmse(sq_err: np.ndarray) -> list[float]:
+    """RMSE of each column of squared errors (ticks x scored angles) over its finite
+    entries; NaN for a column without any."""
+    out = []
+    for c in sq_err.T:
+        c = c[np.isfinite(c)]
+        out.append(float(np.sqrt(np.mean(c))) if len(c) else float("nan"))
+    return out
+
+
 def _minute_rmse(sq_err: np.ndarray | None) -> float:
     """Lower-limb RMSE (deg) of one minute: each scored angle's RMSE, then their mean (as
     the whole run's `rmse_lower_limb_deg`); NaN without truth."""
-    if sq_err is None or not np.isfinite(sq_err).any():
-        return float("nan")
-    per_angle = [np.sqrt(np.mean(c[np.isfinite(c)])) for c in sq_err.T if np.isfinite(c).any()]
-    return round(float(np.mean(per_angle)), 2)
+    return float("nan") if sq_err is None else _nanmean(_column_rmse(sq_err))
 
 
 def _hold_report(
@@ -425,7 +432,7 @@ def run_bench(
     per_subject: dict[str, Any] = {}
     feeds: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
     all_lat: list[np.ndarray] = []
-    sq_err: dict[str, list[np.ndarray]] = {a: [] for a in SCORED_ANGLES}
+    scored: list[np.ndarray] = []  # squared errors of the measured ticks, all subjects
     truth = {f.subject: Observer.arrays(f) for f in obs.truth}
     for feed in obs.angles:
         t, x, arrival = Observer.arrays(feed)
@@ -451,13 +458,12 @@ def run_bench(
                 ref = np.interp(t[sel], tt, tx[:, i], left=np.nan, right=np.nan)
                 err = x[sel, i] - ref
                 sq[sel, j] = err**2
-                sq_err[a].append(err[np.isfinite(err)] ** 2)
+            scored.append(sq[sel])
         feeds.append((t, arrival, sq))
     lat = np.concatenate(all_lat) if all_lat else np.zeros(0)
+    by_angle = _column_rmse(np.concatenate(scored)) if scored else [math.nan] * len(SCORED_ANGLES)
     rmse = {
-        a: round(float(np.sqrt(np.mean(np.concatenate(v)))), 2)
-        for a, v in sq_err.items()
-        if v and sum(len(e) for e in v)
+        a: round(v, 2) for a, v in zip(SCORED_ANGLES, by_angle, strict=True) if math.isfinite(v)
     }
     busy = sys1 - sys0
     wall = t_end - t_start
