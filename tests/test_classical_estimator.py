@@ -25,6 +25,7 @@ from fusion.kinematics import Motion, forward_kinematics
 from fusion.noise import NoiseParams, add_imu_noise
 from fusion.normative import load_default_normative
 from fusion.skeleton import ANGLE_INDEX, ANGLES, DOFS, LOWER_LIMB_ANGLES, SEGMENT_INDEX
+from fusion.synth import SequenceParams, generate_sequence
 
 FS = 60.0
 LL = [ANGLE_INDEX[a] for a in LOWER_LIMB_ANGLES]
@@ -294,3 +295,38 @@ def test_dropped_and_late_ticks(sprinkled: dict) -> None:
     late[np.array(ins) + np.arange(len(ins))] = True
     assert np.isnan(A3[late]).all()
     _assert_same(e1, A1, e3, A3[~late])
+
+
+@pytest.fixture(scope="module")
+def start_stop() -> dict:
+    """40 s of the simulated lab's activity (walks between 1.3-2.5 s stands), with its sensor
+    noise (radio losses included)."""
+    a = generate_sequence(SequenceParams(activity="start_stop", duration=60.0, n_cameras=0), 0)
+    n = int(40.0 * FS)
+    arr = a.arrays
+    return {
+        "t": arr["t"][:n],
+        "imu": arr["imu"][:n].astype(float),
+        "mask": arr["imu_mask"][:n],
+        "truth": arr["angles"][:n],
+    }
+
+
+@pytest.mark.parametrize("start_s", [1.0, 20.0])
+def test_calibrates_wherever_it_starts(start_stop: dict, start_s: float) -> None:
+    """A restarted runtime (a crashed inference actor) starts the estimator mid-walk: its
+    filters start from one accelerometer reading taken mid-stride, and the stand it then
+    calibrates on may directly follow a stop. Started 1 s in (calibrating on the stand at
+    3.4 s) and 20 s in (the 1.4 s stand at 22.9 s, right after a stop), the lower-limb RMSE
+    up to 40 s was 17.6° and 12.0° on average, 119° and 64° at worst (the filters' tilt not
+    yet settled at the stand; gyro biases 44-98 mrad/s off against a true 10), where starting
+    at 0 s gave 2.3°. Now 1.9°, 1.9° and 2.0°, 5.1° at worst."""
+    a = int(start_s * FS)
+    t, imu, mask = start_stop["t"][a:], start_stop["imu"][a:], start_stop["mask"][a:]
+    A = _run(ClassicalImuEstimator(), t, imu, mask)
+    stated = np.isfinite(A[:, LL]).all(axis=1)
+    assert stated.sum() > 5 * FS, f"calibrated for only {stated.sum()} ticks"
+    err = np.sqrt(np.mean((A[stated][:, LL] - start_stop["truth"][a:][stated][:, LL]) ** 2, axis=0))
+    assert err.mean() < 4.0 and err.max() < 10.0, dict(
+        zip(LOWER_LIMB_ANGLES, err.round(1), strict=True)
+    )
