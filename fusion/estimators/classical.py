@@ -44,6 +44,7 @@ grow with sensor misplacement (Shin et al.: 27.9° at 30° misplacement).
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
 
@@ -727,7 +728,8 @@ def _nominal_calibration(
 ) -> Calibration:
     """Mounting assumed = identity; heading ψ from the assumed stance; bias from standing."""
     n = len(SEGMENTS)
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a sensor never seen: NaN rows
         bias = np.nanmean(sg, axis=0)
         g = np.nanmean(np.linalg.norm(sa, axis=-1), axis=0)
     ok = np.isfinite(bias).all(axis=1) & np.isfinite(q_stand).all(axis=1)
