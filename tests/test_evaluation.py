@@ -1,6 +1,7 @@
 """fusion.evaluation: the quick plan on the classical estimators gives finite numbers in the
-documented JSON shape, a missing model is reported (not raised), and the classical IMU path
-scores worse with 30° of IMU misplacement than with none (same clip otherwise)."""
+documented JSON shape, a missing model is reported (not raised), and 30° of IMU misplacement
+costs the nominal-mounting IMU path tens of degrees and the functionally calibrated one next
+to nothing (same clip otherwise)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from fusion.synth import generate_sequence
 @pytest.fixture(scope="module")
 def report() -> dict:
     return evaluate(
-        models=("classical", "classical_video", "nosuchnet"), plan=EvalPlan.quick(), workers=2
+        models=("classical", "classical_nominal", "classical_video", "nosuchnet"),
+        plan=EvalPlan.quick(),
+        workers=2,
     )
 
 
@@ -49,6 +52,7 @@ def test_quick_report_shape_and_finite_numbers(report: dict, tmp_path) -> None:
     noise = report["noise"]["misplacement_deg"]
     assert noise["levels"] == [0.0, 30.0] and set(noise["models"]) == {
         "classical",
+        "classical_nominal",
         "classical_video",
     }
     assert set(report["robustness"]["models"]["classical"]) == set(EvalPlan.quick().robustness)
@@ -61,9 +65,16 @@ def test_quick_report_shape_and_finite_numbers(report: dict, tmp_path) -> None:
     assert png.stat().st_size > 10_000
 
 
-def test_misplacement_hurts_the_classical_imu_estimator(report: dict) -> None:
-    r = report["noise"]["misplacement_deg"]["models"]["classical"]["lower_mean"]
-    assert r[1] > r[0], r
+def test_misplacement_hurts_a_nominal_mounting_not_the_functional_calibration(
+    report: dict,
+) -> None:
+    """σ 30° of sensor misplacement: the textbook calibrated-orientation method (mountings
+    assumed) loses tens of degrees (quick plan: 1.8° → 25.6°), the functional calibration,
+    which measures each mounting, next to nothing (1.6° → 1.6°)."""
+    noise = report["noise"]["misplacement_deg"]["models"]
+    nominal, functional = noise["classical_nominal"]["lower_mean"], noise["classical"]["lower_mean"]
+    assert nominal[1] > nominal[0] + 10.0, nominal
+    assert functional[1] < functional[0] + 1.0 and functional[1] < nominal[1] / 3, functional
     # joint-centre noise reaches the classical video path (it reads the given 3-D joints)
     v = report["noise"]["joint_noise_mm"]["models"]["classical_video"]["lower_mean"]
     assert v[1] > v[0] + 5.0, v
