@@ -29,10 +29,13 @@ answered NaN.
 
 Missing data (imu_mask False or non-finite) → the angles that need that segment are NaN at
 those ticks; the others continue. The filter bridges a short gap (≤ `max_gap_s`: the rotation
-over it is integrated from the gyro readings on both sides); after a longer one the sensor's
-heading is lost: its filter restarts from gravity with a gain ramping down over `settle_s`,
-and its heading is re-acquired over `reacquire_s` from its mean yaw relative to a reference
-segment (pelvis; for the pelvis itself the thighs and sternum), as tracked before the gap.
+over it is integrated from the gyro readings on both sides; after one longer than
+`relevel_gap_s` a quiet tick whose gravity disagrees with the filter's tilt by more than
+`relevel_deg` re-levels it, since a bridge over a swinging foot can tilt it by tens of
+degrees); after a longer one the sensor's heading is lost: its filter restarts from gravity
+with a gain ramping down over `settle_s`, and its heading is re-acquired over `reacquire_s`
+from its mean yaw relative to a reference segment (pelvis; for the pelvis itself the thighs
+and sternum), as tracked before the gap.
 
 The filter takes each sensor's dt from the tick times (and bridges gaps with it), so it runs
 unchanged on samples at the IMUs' native rate if the runtime feeds those (set `rate`).
@@ -145,6 +148,13 @@ class ClassicalImuConfig:
     #: shorter ones are bridged, imperfectly for a fast limb (a foot in swing turns ~1 rad in
     #: 0.1 s), but re-acquiring costs settle_s + reacquire_s of NaN and is less exact still
     max_gap_s: float = 0.5
+    #: a longer gap (still bridged) is followed, for relevel_s, by re-levelling on the
+    #: sensor's quiet ticks (|ω| < still_gyr, | |f| − g | < still_acc) where its gravity is
+    #: more than relevel_deg off the filter's (a 0.17 s gap on a foot in swing: ankle 25° off
+    #: for 20 s before; 11° now; the evaluation's main set 3.31° → 2.78°)
+    relevel_gap_s: float = 0.1
+    relevel_s: float = 3.0
+    relevel_deg: float = 20.0
     settle_s: float = 2.0  # after a restart: for this long ...
     settle_gain: float = 1.0  # ... a β ramping down from this (rad/s) to the filter's
     reacquire_s: float = 2.0  # window for re-acquiring a lost sensor's heading
@@ -210,6 +220,7 @@ class _SubjectState:
         self.reacq_sum = np.zeros(n, complex)
         self.reacq_n = np.zeros(n)
         self.rel_mean = np.zeros(n, complex)  # EMA of exp(i·(yaw − reference yaw))
+        self.relevel_until = np.full(n, -np.inf)  # re-level on quiet ticks until then
 
     @property
     def standing(self) -> bool:
@@ -440,24 +451,7 @@ class ClassicalImuEstimator(Estimator):
                 st.restart_t[gap[k]] = t[k]
                 st.reacq_sum[gap[k]] = 0.0
                 st.reacq_n[gap[k]] = 0.0
-        # raised gain while a restarted sensor settles
-        restart = np.stack([st.restart_t for st in states])
-        since = t[:, None] - restart
-        settling = np.isfinite(restart) & (since < cfg.settle_s)
-        base = cfg.filter.gain if cfg.filter.algorithm == "madgwick" else cfg.filter.k_p
-        if settling.any():
-            # trust gravity fast, then less and less (a ramp down to the base gain): the
-            # tilt settles on the average specific force of the first strides
-            ramp = np.clip(1.0 - since / cfg.settle_s, 0.0, 1.0)
-            boosted = base + (max(cfg.settle_gain, base) - base) * np.nan_to_num(ramp)
-            filt.gain = np.where(settling, boosted, base)
-        else:
-            filt.gain = np.full(mask.shape, base)
-        # standing still before calibration: the accelerometers see gravity alone, and the
-        # calibration takes every sensor's tilt from this stand, so the filters trust it fully
-        levelling = [k for k, st in enumerate(states) if st.calibration is None and st.standing]
-        if levelling:
-            filt.gain[levelling] = max(cfg.settle_gain, base)
+        self._set_gains(filt, states, t, gyr, acc, mask, t_last)
         q = filt.step(gyr - np.stack([st.bias for st in states]), acc, dt, mask)
         for k, st in enumerate(states):
             if not np.isfinite(t[k]):
@@ -467,6 +461,52 @@ class ClassicalImuEstimator(Estimator):
             if st.calibration is None:
                 self._capture(st, t[k], gyr[k], acc[k], q[k], mask[k])
         return q.copy()
+
+    def _set_gains(
+        self,
+        filt: OrientationFilter,
+        states: list[_SubjectState],
+        t: np.ndarray,
+        gyr: np.ndarray,
+        acc: np.ndarray,
+        mask: np.ndarray,
+        t_last: np.ndarray,
+    ) -> None:
+        """Each filter's gain for this tick: the base gain, raised where gravity should win."""
+        cfg = self.config
+        base = cfg.filter.gain if cfg.filter.algorithm == "madgwick" else cfg.filter.k_p
+        high = max(cfg.settle_gain, base)
+        # raised while a restarted sensor settles
+        restart = np.stack([st.restart_t for st in states])
+        since = t[:, None] - restart
+        settling = np.isfinite(restart) & (since < cfg.settle_s)
+        if settling.any():
+            # trust gravity fast, then less and less (a ramp down to the base gain): the
+            # tilt settles on the average specific force of the first strides
+            ramp = np.clip(1.0 - since / cfg.settle_s, 0.0, 1.0)
+            filt.gain = np.where(settling, base + (high - base) * np.nan_to_num(ramp), base)
+        else:
+            filt.gain = np.full(mask.shape, base)
+        # standing still before calibration: the accelerometers see gravity alone, and the
+        # calibration takes every sensor's tilt from this stand, so the filters trust it fully
+        levelling = [k for k, st in enumerate(states) if st.calibration is None and st.standing]
+        if levelling:
+            filt.gain[levelling] = high
+        # after a bridged burst of losses, a quiet tick whose gravity is far from the filter's
+        # tilt re-levels that sensor: the bridge can tilt a swinging foot by tens of degrees
+        bridged = mask & (t[:, None] - t_last > cfg.relevel_gap_s)
+        for k in np.flatnonzero(bridged.any(axis=1)):
+            states[k].relevel_until[bridged[k]] = t[k] + cfg.relevel_s
+        check = mask & (np.stack([st.relevel_until for st in states]) > t[:, None])
+        if check.any():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f = np.linalg.norm(acc, axis=-1)
+                quiet = (np.linalg.norm(gyr, axis=-1) < cfg.still_gyr) & (
+                    np.abs(f - GRAVITY) < cfg.still_acc
+                )
+                up = quat_to_matrix(filt.q)[..., 2, :]  # the filter's vertical, sensor frame
+                off = np.sum(up * acc, axis=-1) < f * np.cos(np.radians(cfg.relevel_deg))
+            filt.gain = np.where(check & quiet & off, high, filt.gain)
 
     # -- calibration capture --------------------------------------------------------------------
     def _restart_capture(self, st: _SubjectState) -> None:
