@@ -85,5 +85,6 @@ def test_gc_pauses_leave_out_the_start_up_collection(monkeypatch) -> None:
         assert rec.count[2] == 1
     finally:
         gc.callbacks.remove(rec)
+        gc.unfreeze()  # tune_process froze the test process's objects
         sys.setswitchinterval(switch)
         gc.set_threshold(*threshold)

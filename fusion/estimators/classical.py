@@ -499,14 +499,10 @@ class ClassicalImuEstimator(Estimator):
             states[k].relevel_until[bridged[k]] = t[k] + cfg.relevel_s
         check = mask & (np.stack([st.relevel_until for st in states]) > t[:, None])
         if check.any():
-            with np.errstate(invalid="ignore", divide="ignore"):
-                f = np.linalg.norm(acc, axis=-1)
-                quiet = (np.linalg.norm(gyr, axis=-1) < cfg.still_gyr) & (
-                    np.abs(f - GRAVITY) < cfg.still_acc
-                )
-                up = quat_to_matrix(filt.q)[..., 2, :]  # the filter's vertical, sensor frame
-                off = np.sum(up * acc, axis=-1) < f * np.cos(np.radians(cfg.relevel_deg))
-            filt.gain = np.where(check & quiet & off, high, filt.gain)
+            up = quat_to_matrix(filt.q)[..., 2, :]  # the filter's vertical, sensor frame
+            f = np.linalg.norm(acc, axis=-1)
+            off = np.sum(up * acc, axis=-1) < f * np.cos(np.radians(cfg.relevel_deg))
+            filt.gain = np.where(check & self._quiet(gyr, acc) & off, high, filt.gain)
 
     # -- calibration capture --------------------------------------------------------------------
     def _restart_capture(self, st: _SubjectState) -> None:
@@ -517,13 +513,19 @@ class ClassicalImuEstimator(Estimator):
 
     def _is_still(self, gyr: np.ndarray, acc: np.ndarray, mask: np.ndarray) -> bool | None:
         """Still (True), moving (False) or unknown (None: no trunk or leg sensor present)."""
-        cfg = self.config
         judge = mask & _STILL_JUDGES  # head and arms may move while the body stands
         if not judge.any():
             return None
-        w = np.linalg.norm(gyr[judge], axis=1)
-        f = np.abs(np.linalg.norm(acc[judge], axis=1) - GRAVITY)
-        return bool(w.max() < cfg.still_gyr and f.max() < cfg.still_acc)
+        return bool(self._quiet(gyr[judge], acc[judge]).all())
+
+    def _quiet(self, gyr: np.ndarray, acc: np.ndarray) -> np.ndarray:
+        """Per sensor (…, 3 → …): turning slower than still_gyr and its specific force within
+        still_acc of g, so what the accelerometer sees is gravity."""
+        cfg = self.config
+        with np.errstate(invalid="ignore"):  # a missing sample (NaN) is not quiet
+            w = np.linalg.norm(gyr, axis=-1)
+            f = np.abs(np.linalg.norm(acc, axis=-1) - GRAVITY)
+            return (w < cfg.still_gyr) & (f < cfg.still_acc)
 
     def _capture(
         self,
