@@ -192,6 +192,11 @@ class OrientationFilter:
     def q(self) -> np.ndarray:
         return self._q.reshape(*self.shape, 4)
 
+    def last_gyro(self) -> np.ndarray:
+        """The gyro reading each sensor's last update integrated (NaN before one, and always
+        NaN unless integration is "exact", which keeps it for the trapezoid)."""
+        return self._prev_gyr.reshape(*self.shape, 3)
+
     @property
     def bias(self) -> np.ndarray:
         return self._bias.reshape(*self.shape, 3)
