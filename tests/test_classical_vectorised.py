@@ -119,8 +119,8 @@ def test_subjects_joining_leaving_and_reset_keep_each_subjects_numbers(subjects:
     t = subjects["t"][:560]
     plan = [  # (first tick, last tick + 1, subjects in the call, in this order)
         (0, 300, ("a", "b")),
-        (300, 320, ("b",)),  # a sits out (its walk bridges the gap) ...
-        (320, 380, ("a", "b", "c")),  # ... and comes back; c joins
+        (300, 304, ("b",)),  # a sits out (its walk bridges a gap this short) ...
+        (304, 380, ("a", "b", "c")),  # ... and comes back; c joins
         (380, 400, ("c", "a", "b")),  # the same subjects in another order
         (400, 420, ("b", "a", "c")),  # b was reset: it starts over
         (420, 560, ("a", "c")),
