@@ -457,8 +457,9 @@ class ClassicalImuEstimator(Estimator):
         # (and, once calibrated, heading) is lost
         span = np.where(mask & np.isfinite(t_last), t[:, None] - t_last, 0.0)
         gap = span > cfg.max_gap_s
+        bridged = span > cfg.relevel_gap_s  # a burst of losses, bridged unless lost here
         newest = np.max(np.where(np.isfinite(t_last), t_last, -np.inf), axis=1)
-        whole = (t - newest > cfg.relevel_gap_s)[:, None] & (span > cfg.relevel_gap_s)
+        whole = (t - newest > cfg.relevel_gap_s)[:, None] & bridged
         if whole.any():
             turning = np.fmax(
                 np.linalg.norm(gyr, axis=-1), np.linalg.norm(filt.last_gyro(), axis=-1)
@@ -474,7 +475,7 @@ class ClassicalImuEstimator(Estimator):
                 st.restart_t[gap[k]] = t[k]
                 st.reacq_sum[gap[k]] = 0.0
                 st.reacq_n[gap[k]] = 0.0
-        self._set_gains(filt, states, t, gyr, acc, mask, t_last)
+        self._set_gains(filt, states, t, gyr, acc, mask, bridged)
         q = filt.step(gyr - np.stack([st.bias for st in states]), acc, dt, mask)
         for k, st in enumerate(states):
             if not np.isfinite(t[k]):
@@ -493,9 +494,10 @@ class ClassicalImuEstimator(Estimator):
         gyr: np.ndarray,
         acc: np.ndarray,
         mask: np.ndarray,
-        t_last: np.ndarray,
+        bridged: np.ndarray,
     ) -> None:
-        """Each filter's gain for this tick: the base gain, raised where gravity should win."""
+        """Each filter's gain for this tick: the base gain, raised where gravity should win.
+        `bridged`: the sensors whose sample ends a gap longer than relevel_gap_s."""
         cfg = self.config
         base = cfg.filter.gain if cfg.filter.algorithm == "madgwick" else cfg.filter.k_p
         high = max(cfg.settle_gain, base)
@@ -517,7 +519,6 @@ class ClassicalImuEstimator(Estimator):
             filt.gain[levelling] = high
         # after a bridged burst of losses, a quiet tick whose gravity is far from the filter's
         # tilt re-levels that sensor: the bridge can tilt a swinging foot by tens of degrees
-        bridged = mask & (t[:, None] - t_last > cfg.relevel_gap_s)
         for k in np.flatnonzero(bridged.any(axis=1)):
             states[k].relevel_until[bridged[k]] = t[k] + cfg.relevel_s
         check = mask & (np.stack([st.relevel_until for st in states]) > t[:, None])
