@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import itertools
 import logging
 from pathlib import Path
 
@@ -367,8 +368,8 @@ def keypoint_stream(n: int, seed: int, cams) -> SyncedBatch:
 
 def reference_angles(est: NeuralEstimator, calls: list[dict[str, SyncedBatch]], resets):
     """What NeuralEstimator.update_many computes, the plain way: per-subject caches, per-subject
-    normalise_inputs (torch) and triangulation, one step per tick index for the subjects that
-    have one (batch in call order), angles per subject (`resets`: subjects dropped before a
+    normalise_inputs (torch) and triangulation, one step_chunk per run of tick indices that
+    the same subjects have (batch in call order), angles per subject (`resets`: subjects dropped before a
     call). Answers per call, as {subject: (t, angles)}."""
     from fusion.triangulation import triangulate_keypoints
 
@@ -391,20 +392,21 @@ def reference_angles(est: NeuralEstimator, calls: list[dict[str, SyncedBatch]], 
             xs[s] = normalise_inputs(b.imu, b.imu_mask, j, jm)
             caches.setdefault(s, est.model.init_state(1))
         rot: dict[str, list] = {s: [] for s in subs}
-        for i in range(max(len(batches[s]) for s in subs)):
-            act = [s for s in subs if len(batches[s]) > i]
-            x = [np.stack([xs[s][k][i] for s in act]) for k in range(4)]
+        lens = {s: len(batches[s]) for s in subs}
+        for a, b in itertools.pairwise(sorted({0, *lens.values()})):
+            act = [s for s in subs if lens[s] >= b]  # these have ticks a..b-1: one chunk
+            x = [np.stack([xs[s][k][a:b] for s in act]) for k in range(4)]
             cache = {k: torch.cat([caches[s][k] for s in act]) for k in est._keys}
             if est.backend == "onnx":
                 r, new = est._onnx({k: v.numpy() for k, v in cache.items()}, x)
                 new = {k: torch.from_numpy(v) for k, v in new.items()}
             else:
                 with torch.inference_mode():
-                    out, new = est.model.step(cache, *(torch.from_numpy(v) for v in x))
+                    out, new = est.model.step_chunk(cache, *(torch.from_numpy(v) for v in x))
                 r = out["rot6d"].numpy()
             for n, s in enumerate(act):
                 caches[s] = {k: v[n : n + 1].clone() for k, v in new.items()}
-                rot[s].append(r[n])
+                rot[s].extend(r[n])
         res = {}
         for s in subs:
             t = seen.setdefault(s, [])

@@ -103,8 +103,39 @@ def test_step_equals_forward(kind: str, fusion_start: str) -> None:
         state = m.init_state(B)
         for t in range(T):
             out, state = m.step(state, *(v[:, t] for v in x))
-            for k in full:
+            for k in out:
                 torch.testing.assert_close(out[k], full[k][:, t], atol=1e-4, rtol=1e-4)
+    # a head-start FusionNet's video branch serves only the training loss: not streamed
+    skipped = {"rot6d_video"} if (kind, fusion_start) == ("fusionnet", "head") else set()
+    assert set(full) - set(out) == skipped
+    assert not any(k.startswith("video_") for k in state) or not skipped
+
+
+@pytest.mark.parametrize(
+    ("kind", "fusion_start"), [(k, "video") for k in KINDS] + [("fusionnet", "head")]
+)
+def test_chunks_equal_forward(kind: str, fusion_start: str) -> None:
+    """Ticks that arrive together go through step_chunk in one pass: chunks of any length,
+    across the cache's wrap, give forward()'s numbers and the state one-frame steps give."""
+    m = _randomised(kind, fusion_start=fusion_start)
+    B, T = 2, 23  # > window = 8
+    x = _inputs(B, T)
+    with torch.no_grad():
+        full = m(*x)
+        state, by_step = m.init_state(B), m.init_state(B)
+        a = 0
+        for size in (1, 3, 5, 2, 8, 4):
+            out, state = m.step_chunk(state, *(v[:, a : a + size] for v in x))
+            for t in range(a, a + size):
+                _, by_step = m.step(by_step, *(v[:, t] for v in x))
+            for k in out:
+                assert out[k].shape[1] == size
+                torch.testing.assert_close(out[k], full[k][:, a : a + size], atol=1e-4, rtol=1e-4)
+            a += size
+        assert a == T
+        for k in state:
+            torch.testing.assert_close(state[k], by_step[k], atol=1e-5, rtol=1e-5)
+    assert int(state["n"][0]) == T
 
 
 def test_imu_warm_start_gives_imunet_then_video_can_join() -> None:

@@ -5,10 +5,12 @@ histories, per-layer keys/values of the last window-1 frames, a frame count) as 
 batch-indexable cache that holds exactly the subjects in use (numpy arrays for ONNX Runtime,
 torch tensors otherwise). A call of `update_many` normalises all subjects' new ticks at once
 (fusion.nn.features.normalise_inputs, strictly per frame),
-then for tick index i runs ONE `step` for the subjects that have an i-th tick, in the call's
-order. In the steady state (every subject one tick per call) that is the whole cache: it goes
-in as it is and the step's new cache replaces it (rows renumbered to the call's order), with no
-gather or scatter; otherwise the rows are gathered and written back. A subject that appears
+then runs ONE `step_chunk` for each run of tick indices that the same subjects have (all of a
+call's ticks at once when every subject has as many: a backlog of ticks costs little more than
+one, since most of a tick is per-call overhead), in the call's order. When every subject is in
+it, that is the whole cache: it goes in as it is and the step's new cache replaces it (rows
+renumbered to the call's order), with no gather or scatter; otherwise the rows are gathered
+and written back. A subject that appears
 gets a zero cache row (frame count 0) at the end; `reset` removes its row. The output of frame
 n describes frame n - lookahead, so a subject's first `lookahead` ticks return nothing and the
 answer carries the time of the tick it describes. Angles for all subjects come from one call.
@@ -33,6 +35,7 @@ read or loaded, or that fails the check, is exported again with a log line namin
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -205,14 +208,15 @@ class NeuralEstimator(Estimator):
         return step, err
 
     def _check_onnx(self, step: OnnxStep, B: int = 3, ticks: int = 8) -> float:
-        """Largest difference of `step` vs torch (outputs and caches) over a few random ticks.
+        """Largest difference of `step` vs torch (outputs and caches) over a few random chunks
+        of 1-5 ticks.
 
         The torch reference runs first, on one thread: these are tiny ops, and on the loaded
         2-core machine two torch threads made a tick take 20-1800 ms instead of ~8 ms (the
         check was most of a warm start). Then the ONNX ticks, so ONNX Runtime's spinning
         threads never compete with torch's."""
         g = torch.Generator().manual_seed(0)
-        xs = [_random_inputs(B, g) for _ in range(ticks)]
+        xs = [_random_inputs(B, g, T) for T in (1, 3, 1, 2, 5, 1, 1, 4)[:ticks]]
         state_t = self.model.init_state(B)
         state_o = {k: v.numpy().copy() for k, v in state_t.items()}
         want = []  # copies: torch may reuse a cache tensor's memory on the next tick
@@ -221,7 +225,7 @@ class NeuralEstimator(Estimator):
         try:
             with torch.no_grad():
                 for x in xs:
-                    out, state_t = self.model.step(state_t, *x)
+                    out, state_t = self.model.step_chunk(state_t, *x)
                     new = {k: v.numpy().copy() for k, v in state_t.items()}
                     want.append((out["rot6d"].numpy().copy(), new))
         finally:
@@ -242,7 +246,7 @@ class NeuralEstimator(Estimator):
             r, new = self._onnx({k: v.numpy() for k, v in cache.items()}, [v.numpy() for v in x])
             return torch.from_numpy(r), {k: torch.from_numpy(v) for k, v in new.items()}
         with torch.inference_mode():
-            out, new = self.model.step(cache, *x)
+            out, new = self.model.step_chunk(cache, *x)
         return out["rot6d"], new
 
     # -- public ------------------------------------------------------------------------------
@@ -305,11 +309,17 @@ class NeuralEstimator(Estimator):
         for s in subjects:
             self._row(s)
         rot = np.empty((int(lens.sum()), len(SEGMENTS), 6), np.float32)
-        for i in range(int(lens.max())):
-            act = np.flatnonzero(lens > i)
-            at = start[act] + i  # this tick's frames; the step's batch is in `subjects` order
-            xi = x if len(at) == len(rot) else [v[at] for v in x]
-            rot[at] = self._step_rows([subjects[a] for a in act], xi)
+        # ticks a..b-1 of the subjects that have them all (no subject has a length between)
+        for a, b in itertools.pairwise(np.unique(np.concatenate([[0], lens]))):
+            act = np.flatnonzero(lens >= b)
+            at = (start[act][:, None] + np.arange(a, b)).ravel()  # their frames in x
+            shape = (len(act), int(b - a))
+            if len(at) == len(rot):  # every subject, every tick: x is (subject, tick) already
+                xi = [v.reshape(*shape, *v.shape[1:]) for v in x]
+            else:
+                xi = [v[at].reshape(*shape, *v.shape[1:]) for v in x]
+            r = self._step_rows([subjects[k] for k in act], xi)
+            rot[at] = r.reshape(-1, *r.shape[2:])
         # angles for every subject's answered ticks in one call
         picks, spans = [], []
         L = self.lookahead
@@ -344,7 +354,8 @@ class NeuralEstimator(Estimator):
         return list(normalise_inputs(imu, imu_mask, joints, jmask))
 
     def _step_rows(self, act: list[str], x: list[np.ndarray]) -> np.ndarray:
-        """One step for the subjects `act` (batch rows in that order) → rot6d (B, 13, 6).
+        """One chunk step for the subjects `act` (batch rows in that order), inputs
+        (B, T, ...) → rot6d (B, T, 13, 6).
 
         When `act` is every subject the step's new caches become the cache as they are (rows
         renumbered to `act`'s order): no gather when the order is unchanged, and no scatter.
@@ -360,7 +371,7 @@ class NeuralEstimator(Estimator):
         else:
             xt = [torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for v in x]
             with torch.inference_mode():
-                o, new = self.model.step(sub, *xt)
+                o, new = self.model.step_chunk(sub, *xt)
             r = o["rot6d"].float().cpu().numpy()
         # torch caches from a step are inference tensors: written to in inference mode only
         with torch.inference_mode() if self.backend != "onnx" else contextlib.nullcontext():
@@ -474,12 +485,13 @@ def _no_joints(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((n, len(KEYPOINTS), 3), np.float32), np.zeros((n, len(KEYPOINTS)), bool)
 
 
-def _random_inputs(B: int, g: torch.Generator) -> list[torch.Tensor]:
+def _random_inputs(B: int, g: torch.Generator, T: int = 1) -> list[torch.Tensor]:
+    """Random step inputs of B subjects, T ticks each: (B, T, ...)."""
     return [
-        torch.randn(B, len(SEGMENTS), 6, generator=g),
-        torch.rand(B, len(SEGMENTS), generator=g) > 0.2,
-        torch.randn(B, len(KEYPOINTS), 3, generator=g),
-        torch.rand(B, len(KEYPOINTS), generator=g) > 0.2,
+        torch.randn(B, T, len(SEGMENTS), 6, generator=g),
+        torch.rand(B, T, len(SEGMENTS), generator=g) > 0.2,
+        torch.randn(B, T, len(KEYPOINTS), 3, generator=g),
+        torch.rand(B, T, len(KEYPOINTS), generator=g) > 0.2,
     ]
 
 
@@ -489,27 +501,29 @@ def _pct(ms: list[float]) -> dict[str, float]:
 
 
 def _time_steps(
-    est: NeuralEstimator, backend: str, subjects: int, ticks: int, warmup: int = 5
+    est: NeuralEstimator, backend: str, subjects: int, ticks: int, chunk: int = 1, warmup: int = 5
 ) -> dict[str, float]:
-    """Per-tick model time of `subjects` batched (cache in, cache out), on random inputs."""
+    """Per-tick model time of `subjects` batched (cache in, cache out), `chunk` ticks per call
+    (a call's time / chunk), on random inputs."""
     g = torch.Generator().manual_seed(1)
     cache = {k: v.to(est.device) for k, v in est.model.init_state(subjects).items()}
     times = []
-    for i in range(warmup + ticks):
-        x = [v.to(est.device) for v in _random_inputs(subjects, g)]
+    for i in range(warmup + max(1, ticks // chunk)):
+        x = [v.to(est.device) for v in _random_inputs(subjects, g, chunk)]
         t0 = time.perf_counter()
         _, cache = est._run_step(cache, x, backend)
         if est.device == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
-            times.append(1e3 * (time.perf_counter() - t0))
+            times.append(1e3 * (time.perf_counter() - t0) / chunk)
     return _pct(times)
 
 
 def measure_speed(
     est: NeuralEstimator, subjects: Sequence[int] = (1, 4, 16), ticks: int = 200
 ) -> list[dict[str, Any]]:
-    """Model time per tick (p50/p99 ms) by subjects and back-end, beside a full-window
+    """Model time per tick (p50/p99 ms) by subjects and back-end, one tick per call and 4 per
+    call (a backlog, as the inference stage gets when it runs behind), beside a full-window
     recompute (`forward` over the last `window` frames: what a non-incremental estimator pays
     each tick)."""
     backends = ["torch"]
@@ -528,6 +542,9 @@ def measure_speed(
     for S in subjects:
         for b in backends:
             rows.append({"subjects": S, "mode": f"step/{b}", **_time_steps(est, b, S, ticks)})
+        for b in backends:
+            per = _time_steps(est, b, S, ticks, chunk=4)
+            rows.append({"subjects": S, "mode": f"4 ticks per call/{b}", **per})
         x = [
             torch.randn(S, W, len(SEGMENTS), 6, generator=g),
             torch.ones(S, W, len(SEGMENTS), dtype=torch.bool),

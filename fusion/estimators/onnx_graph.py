@@ -1,7 +1,7 @@
 """The ONNX form of a GaitNet's streaming step, and the on-disk cache of exported graphs.
 
-`StepModule` is `model.step` with flat tensors in and out (caches as inputs and outputs, batch
-axis dynamic): what `export_graph` exports; `OnnxStep` runs such a graph in ONNX Runtime with
+`StepModule` is `model.step_chunk` with flat tensors in and out (caches as inputs and outputs;
+batch and time axes dynamic, so ticks that arrived together run in one call): what `export_graph` exports; `OnnxStep` runs such a graph in ONNX Runtime with
 the torch step's call. fusion.estimators.neural checks every graph against torch before use.
 
 Why a cache: an export takes ~6 s on a quiet machine and minutes under load, at every start.
@@ -49,12 +49,13 @@ log = logging.getLogger(__name__)
 INPUTS = ("imu", "imu_mask", "joints", "joints_mask")  # the step's inputs before the caches
 OPSET = 17
 #: the graph edits after export (Reshape allowzero=1); bump when they or the export change
-GRAPH_PATCH_VERSION = 1
+#: (2: the step is step_chunk, inputs (B, T, ...))
+GRAPH_PATCH_VERSION = 2
 
 
 class StepModule(torch.nn.Module):
-    """model.step with flat tensors in and out (the cache keys in a fixed order): what ONNX
-    exports, with `rot6d` as the only output besides the new cache."""
+    """model.step_chunk with flat tensors in and out (the cache keys in a fixed order): what
+    ONNX exports, with `rot6d` (B, T, 13, 6) as the only output besides the new cache."""
 
     def __init__(self, model: torch.nn.Module, keys: Sequence[str]) -> None:
         super().__init__()
@@ -62,14 +63,15 @@ class StepModule(torch.nn.Module):
         self.keys = list(keys)
 
     def forward(self, imu, imu_mask, joints, joints_mask, *cache):  # type: ignore[no-untyped-def]
-        out, new = self.model.step(
+        out, new = self.model.step_chunk(
             dict(zip(self.keys, cache, strict=True)), imu, imu_mask, joints, joints_mask
         )
         return (out["rot6d"], *[new[k] for k in self.keys])
 
 
 def export_graph(model: torch.nn.Module, keys: Sequence[str]) -> bytes:
-    """The serialized ONNX graph of `StepModule(model, keys)` (batch axis dynamic), patched."""
+    """The serialized ONNX graph of `StepModule(model, keys)` (batch and time axes dynamic),
+    patched."""
     import warnings
 
     import onnx
@@ -77,10 +79,10 @@ def export_graph(model: torch.nn.Module, keys: Sequence[str]) -> bytes:
     wrapper = StepModule(model, keys).eval()
     state = model.init_state(2)
     args = (
-        torch.zeros(2, len(SEGMENTS), 6),
-        torch.ones(2, len(SEGMENTS), dtype=torch.bool),
-        torch.zeros(2, len(KEYPOINTS), 3),
-        torch.ones(2, len(KEYPOINTS), dtype=torch.bool),
+        torch.zeros(2, 3, len(SEGMENTS), 6),
+        torch.ones(2, 3, len(SEGMENTS), dtype=torch.bool),
+        torch.zeros(2, 3, len(KEYPOINTS), 3),
+        torch.ones(2, 3, len(KEYPOINTS), dtype=torch.bool),
         *[state[k] for k in keys],
     )
     names_in = [*INPUTS, *keys]
@@ -94,7 +96,10 @@ def export_graph(model: torch.nn.Module, keys: Sequence[str]) -> bytes:
             buf,
             input_names=names_in,
             output_names=names_out,
-            dynamic_axes={n: {0: "batch"} for n in names_in + names_out},
+            dynamic_axes={
+                **{n: {0: "batch"} for n in names_in + names_out},
+                **{n: {0: "batch", 1: "time"} for n in [*INPUTS, "rot6d"]},
+            },
             opset_version=OPSET,
             dynamo=False,
         )

@@ -28,7 +28,9 @@ t - lookahead.
 
 `step()` runs one new frame for B subjects from a fixed-shape cache (conv histories, per-layer
 keys/values of the last `window` - 1 frames, a frame count per subject) and returns what
-`forward()` gives for that frame. Attention is written with plain matmuls so it exports to ONNX.
+`forward()` gives for that frame. A FusionNet whose refinement starts from a head does not run
+its video branch's temporal layers and heads there (no "rot6d_video"): that branch then only
+serves the training loss, and skipping it is about a third of a live tick. Attention is written with plain matmuls so it exports to ONNX.
 """
 
 from __future__ import annotations
@@ -133,7 +135,16 @@ class ModelConfig:
 
 # -- building blocks ---------------------------------------------------------------------------
 class Attention(nn.Module):
-    """Multi-head attention with plain matmuls; `bias` is added to the scores."""
+    """Multi-head attention with plain matmuls; `bias` is added to the scores.
+
+    Two spellings of one computation. Training and torch inference split the heads by
+    reshaping the activations and use the fused `scaled_dot_product_attention`. The ONNX
+    export instead takes the heads from the projection weights viewed per head (a broadcast
+    matmul against (H, D, dh) weights, summed over heads on the way out): the exported
+    streaming step then has no shape arithmetic. With a dynamic batch, those
+    Shape/Slice/Concat/Reshape chains were about half of its nodes; without them a FusionNet
+    tick runs ~1.5x faster in ONNX Runtime. That form is ~1.5x slower to train, hence two.
+    fusion.estimators.neural checks every exported graph against torch."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -145,17 +156,34 @@ class Attention(nn.Module):
     def split(self, x: torch.Tensor) -> torch.Tensor:  # (..., N, D) -> (..., H, N, dh)
         return x.unflatten(-1, (self.heads, self.dh)).transpose(-3, -2)
 
+    def _project(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(..., N, D) through the rows `w` (H*dh, D), `b` → (..., H, N, dh), shape-free."""
+        H, dh = self.heads, self.dh
+        return x.unsqueeze(-3) @ w.view(H, dh, -1).transpose(1, 2) + b.view(H, 1, dh)
+
     def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.onnx.is_in_onnx_export():
+            D = self.heads * self.dh
+            w, b = self.kv.weight, self.kv.bias
+            return self._project(x, w[:D], b[:D]), self._project(x, w[D:], b[D:])
         k, v = self.kv(x).chunk(2, dim=-1)
         return self.split(k), self.split(v)
 
     def attend(
         self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        q = self.split(self.q(x))
-        # softmax(q kᵀ / √dh + bias) v, fused (exports to ONNX as plain matmuls + softmax)
-        o = nnf.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.out(o.transpose(-3, -2).flatten(-2))
+        """softmax(q kᵀ / √dh + bias) v, then the output projection: (..., N, D)."""
+        if not torch.onnx.is_in_onnx_export():
+            o = nnf.scaled_dot_product_attention(self.split(self.q(x)), k, v, attn_mask=bias)
+            return self.out(o.transpose(-3, -2).flatten(-2))
+        scale = self.dh**-0.5
+        q = self._project(x, self.q.weight * scale, self.q.bias * scale)
+        s = q @ k.transpose(-1, -2)
+        if bias is not None:
+            s = s + bias
+        o = s.softmax(-1) @ v  # (..., H, N, dh)
+        w = self.out.weight.view(-1, self.heads, self.dh).permute(1, 2, 0)  # (H, dh, D)
+        return (o @ w).sum(-3) + self.out.bias
 
     def forward(
         self, x: torch.Tensor, ctx: torch.Tensor | None = None, bias: torch.Tensor | None = None
@@ -232,20 +260,23 @@ class TemporalBlock(nn.Module):
     def step(
         self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, n: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, D) one new frame; caches (B, H, window-1, dh) hold the previous frames, oldest
-        first; n (B,) frames seen before this one. Returns (y, new k cache, new v cache)."""
-        h = self.n1(x)[:, None]  # (B, 1, D)
-        k_new, v_new = self.att.keys_values(h)  # (B, H, 1, dh)
-        k = torch.cat([k_cache, k_new], dim=2)
+        """x (B, T, D) new frames; caches (B, H, window-1, dh) hold the previous frames, oldest
+        first; n (B,) frames seen before these. Returns (y, new k cache, new v cache)."""
+        h = self.n1(x)
+        k_new, v_new = self.att.keys_values(h)  # (B, H, T, dh)
+        k = torch.cat([k_cache, k_new], dim=2)  # key j is frame n - (W-1) + j
         v = torch.cat([v_cache, v_new], dim=2)
-        W = self.window
-        dist = torch.arange(W - 1, -1, -1, device=x.device)  # slot j holds frame t-(W-1-j)
-        valid = dist[None, :] <= n[:, None]  # (B, W)
-        b = self.rel[:, dist][None, :, None, :]  # (1, H, 1, W)
-        b = torch.where(valid[:, None, None, :], b, torch.full_like(b, _NEG))
-        y = x + self.att.attend(h, k, v, b)[:, 0]
+        T, W = x.shape[1], self.window
+        i = torch.arange(T, device=x.device)[:, None]
+        j = torch.arange(k.shape[2], device=x.device)[None, :]
+        dist = i + (W - 1) - j  # (T, W-1+T): query frame - key frame
+        band = (dist >= 0) & (dist < W)
+        seen = j >= (W - 1) - n[:, None]  # (B, W-1+T): the key frame exists (>= 0)
+        b = self.rel[:, dist.clamp(0, W - 1)][None]  # (1, H, T, W-1+T)
+        b = torch.where((band[None] & seen[:, None])[:, None], b, torch.full_like(b, _NEG))
+        y = x + self.att.attend(h, k, v, b)
         y = y + self.ff(self.n2(y))
-        return y, k[:, :, 1:], v[:, :, 1:]
+        return y, k[:, :, T:], v[:, :, T:]
 
 
 class CausalConvStack(nn.Module):
@@ -277,17 +308,18 @@ class CausalConvStack(nn.Module):
     def step(
         self, x: torch.Tensor, hist: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """x (B, N, C) one frame; hist[i] (B, N, C_i, k_i - 1). Returns (B, N, width), hist."""
-        B, N, _ = x.shape
-        h = x.reshape(B * N, -1, 1)
+        """x (B, T, N, C) new frames; hist[i] (B, N, C_i, k_i - 1). Returns (B, T, N, width),
+        hist."""
+        B, T, N, _ = x.shape
+        h = x.permute(0, 2, 3, 1).reshape(B * N, -1, T)
         new_hist = []
         for i, (conv, k) in enumerate(zip(self.convs, self.kernels, strict=True)):
             c = conv.in_channels
-            full = torch.cat([hist[i].reshape(B * N, c, k - 1), h], dim=2)
-            new_hist.append(full[:, :, 1:].reshape(B, N, c, k - 1))
+            full = torch.cat([hist[i].reshape(B * N, c, k - 1), h], dim=2)  # k-1+T frames
+            new_hist.append(full[:, :, T:].reshape(B, N, c, k - 1))
             y = conv(full)
             h = nnf.gelu(y) if i == 0 else h + nnf.gelu(y)
-        return h.reshape(B, N, -1), new_hist
+        return h.reshape(B, N, -1, T).permute(0, 3, 1, 2), new_hist
 
 
 class TokenEncoder(nn.Module):
@@ -408,9 +440,20 @@ class GaitNet(nn.Module):
             self.pool_fused = nn.Linear((N_SEG + N_KP + 2) * w, D)
             self.main = Branch(cfg, start_from_head=cfg.fusion_start == "head")
 
-    def _fusion_r0(self, vid: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    @property
+    def streams_video_branch(self) -> bool:
+        """Whether `step` runs the video branch: VideoNet, or a FusionNet that starts from it."""
+        return self.cfg.kind == "videonet" or (
+            self.cfg.kind == "fusionnet" and self.cfg.fusion_start == "video"
+        )
+
+    def _fusion_r0(self, vid: dict[str, torch.Tensor] | None) -> torch.Tensor | None:
         """Where FusionNet's refinement starts: its video estimate, or None (its own head)."""
-        return vid["rot6d"].flatten(-2) if self.cfg.fusion_start == "video" else None
+        return (
+            vid["rot6d"].flatten(-2)
+            if vid is not None and self.cfg.fusion_start == "video"
+            else None
+        )
 
     # per-frame part (no time mixing besides the conv stacks) ---------------------------------
     def _frame_fusion(self, ti: torch.Tensor, tv: torch.Tensor) -> torch.Tensor:
@@ -476,7 +519,7 @@ class GaitNet(nn.Module):
             enc: TokenEncoder = getattr(self, f"enc_{name}")
             for i, shp in enumerate(enc.conv.history_shapes(n_tok)):
                 z[f"conv_{name}{i}"] = torch.zeros(batch_size, *shp, device=p.device)
-        branches = [("video", self.video)] if c.uses_video else []
+        branches = [("video", self.video)] if self.streams_video_branch else []
         branches += [("main", self.main)] if c.kind != "videonet" else []
         for name, br in branches:
             for i in range(len(br.temporal)):
@@ -494,12 +537,30 @@ class GaitNet(nn.Module):
         joints_t: torch.Tensor,
         joints_mask_t: torch.Tensor,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """One new normalised frame per subject, (B, 13, 6) ... → (outputs (B, ...), state).
-
-        Gives what `forward` over the whole stream so far gives for this frame."""
+        """One new normalised frame per subject, (B, 13, 6) ... → (outputs (B, ...), state):
+        `step_chunk` of a one-frame chunk."""
         self._check_inputs(imu_t, imu_mask_t, joints_t, joints_mask_t, per_frame=True)
+        x = (imu_t, imu_mask_t, joints_t, joints_mask_t)
+        out, new = self.step_chunk(state, *(v[:, None] for v in x))
+        return {k: v[:, 0] for k, v in out.items()}, new
+
+    def step_chunk(
+        self,
+        state: dict[str, torch.Tensor],
+        imu_t: torch.Tensor,
+        imu_mask_t: torch.Tensor,
+        joints_t: torch.Tensor,
+        joints_mask_t: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """T new normalised frames per subject, (B, T, 13, 6) ... → (outputs (B, T, ...),
+        state): one pass for ticks that arrived together (a backlog costs little more than
+        one tick: most of a tick is per-call overhead).
+
+        Gives what `forward` over the whole stream so far gives for these frames (all but
+        "rot6d_video" when `streams_video_branch` is False)."""
+        self._check_inputs(imu_t, imu_mask_t, joints_t, joints_mask_t, per_frame=False)
         n = state["n"]
-        new: dict[str, torch.Tensor] = {"n": n + 1}
+        new: dict[str, torch.Tensor] = {"n": n + imu_t.shape[1]}
         out: dict[str, torch.Tensor] = {}
 
         def enc(name: str, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -509,8 +570,10 @@ class GaitNet(nn.Module):
             new.update(zip(keys, hist, strict=True))
             return tok
 
+        vid = None
         if self.cfg.uses_video:
             tv = enc("video", joints_t, joints_mask_t)
+        if self.streams_video_branch:
             hv, kv = self.video.run_step(self.pool_video(tv.flatten(-2)), state, "video_", n)
             new.update(kv)
             vid = self.video.heads(hv)
