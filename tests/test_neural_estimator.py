@@ -197,6 +197,22 @@ def test_bad_weight_files_name_the_file(tmp_path, model) -> None:
         create("imunet", weights=str(bad), colour="red")
 
 
+@pytest.mark.parametrize(
+    "backend", ["torch", pytest.param("onnx", marks=needs_onnx)], ids=["torch", "onnx"]
+)
+def test_a_backlog_of_ticks_gives_the_tick_by_tick_numbers(model, backend) -> None:
+    """Ticks that queued up (here 45, more than MAX_CHUNK) go through step_chunk in pieces
+    and give what one tick per call gives, for subjects with backlogs of different lengths."""
+    subs = {"a": stream(45, 3), "b": stream(30, 4)}
+    make = lambda: NeuralEstimator("tiny", model=model, backend=backend, device="cpu")  # noqa: E731
+    assert neural.MAX_CHUNK < 45
+    got, want = run(make(), subs, chunk=45), run(make(), subs, chunk=1)
+    for s in subs:
+        np.testing.assert_array_equal(got[s][0], want[s][0])
+        assert np.isfinite(got[s][1]).all() and len(got[s][1]) == len(subs[s]) - LOOKAHEAD
+        np.testing.assert_allclose(got[s][1], want[s][1], rtol=0, atol=1e-3)
+
+
 @needs_onnx
 def test_onnx_backend_gives_the_torch_numbers(model) -> None:
     subs = {"a": stream(14, 8), "b": stream(10, 9)}

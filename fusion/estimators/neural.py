@@ -61,6 +61,9 @@ __all__ = ["NeuralEstimator", "factory", "measure_speed"]
 log = logging.getLogger(__name__)
 
 ONNX_TOLERANCE = 1e-3  # largest ONNX vs torch difference (rot6d and caches) accepted
+#: most ticks in one step_chunk: a chunk's attention is T x (window - 1 + T), so a call after
+#: a long stall (hundreds of ticks) goes through in pieces; a backlog rarely exceeds this
+MAX_CHUNK = 16
 _MODALITIES = {
     "videonet": frozenset({"video"}),
     "imunet": frozenset({"imu"}),
@@ -310,7 +313,7 @@ class NeuralEstimator(Estimator):
             self._row(s)
         rot = np.empty((int(lens.sum()), len(SEGMENTS), 6), np.float32)
         # ticks a..b-1 of the subjects that have them all (no subject has a length between)
-        for a, b in itertools.pairwise(np.unique(np.concatenate([[0], lens]))):
+        for a, b in _runs(np.unique(np.concatenate([[0], lens]))):
             act = np.flatnonzero(lens >= b)
             at = (start[act][:, None] + np.arange(a, b)).ravel()  # their frames in x
             shape = (len(act), int(b - a))
@@ -478,6 +481,15 @@ class NeuralEstimator(Estimator):
 
 
 _NO_TIMES = np.zeros(0)
+
+
+def _runs(cuts: np.ndarray) -> list[tuple[int, int]]:
+    """Tick ranges [a, b) between successive `cuts`, none longer than MAX_CHUNK."""
+    return [
+        (int(p), int(min(p + MAX_CHUNK, b)))
+        for a, b in itertools.pairwise(cuts)
+        for p in range(int(a), int(b), MAX_CHUNK)
+    ]
 
 
 def _no_joints(n: int) -> tuple[np.ndarray, np.ndarray]:
