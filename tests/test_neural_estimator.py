@@ -210,7 +210,8 @@ def test_a_backlog_of_ticks_gives_the_tick_by_tick_numbers(model, backend) -> No
     for s in subs:
         np.testing.assert_array_equal(got[s][0], want[s][0])
         assert np.isfinite(got[s][1]).all() and len(got[s][1]) == len(subs[s]) - LOOKAHEAD
-        np.testing.assert_allclose(got[s][1], want[s][1], rtol=0, atol=1e-3)
+        # float32 sums in another order; this random model's angles reach ±180°
+        np.testing.assert_allclose(got[s][1], want[s][1], rtol=0, atol=1e-2)
 
 
 @needs_onnx
