@@ -215,6 +215,22 @@ def test_a_backlog_of_ticks_gives_the_tick_by_tick_numbers(model, backend) -> No
 
 
 @needs_onnx
+@pytest.mark.parametrize("kind", ["imunet", "videonet"])
+def test_single_modality_models_run_on_onnx(kind: str) -> None:
+    """The exporter drops the inputs a model never reads (IMUNet's joints, VideoNet's IMU):
+    such a graph is still used, fed only what it takes (it fell back to torch before)."""
+    m = tiny(kind)
+    subs = {"a": stream(12, 8), "b": stream(9, 9)}
+    onnx = NeuralEstimator("tiny", model=m, backend="onnx", device="cpu")
+    auto = NeuralEstimator("tiny", model=m, backend="auto", device="cpu")
+    assert onnx.backend == auto.backend == "onnx", auto.backend_note
+    torch_ = NeuralEstimator("tiny", model=m, backend="torch", device="cpu")
+    got, want = run(onnx, subs), run(torch_, subs)
+    for s in subs:
+        np.testing.assert_allclose(got[s][1], want[s][1], atol=1e-3)
+
+
+@needs_onnx
 def test_onnx_backend_gives_the_torch_numbers(model) -> None:
     subs = {"a": stream(14, 8), "b": stream(10, 9)}
     onnx = NeuralEstimator("tiny", model=model, backend="onnx", device="cpu")

@@ -130,13 +130,16 @@ class OnnxStep:
         so.log_severity_level = 3
         self.session = ort.InferenceSession(graph, so, providers=["CPUExecutionProvider"])
         names = [i.name for i in self.session.get_inputs()]
-        if names != [*INPUTS, *self.keys]:
+        # the exporter drops inputs the model never reads (IMUNet's joints, VideoNet's IMU)
+        self.inputs = [n for n in INPUTS if n in names]
+        if names != [*self.inputs, *self.keys]:
             raise ValueError(f"graph inputs {names} are not {[*INPUTS, *self.keys]}")
 
     def __call__(
         self, cache: dict[str, np.ndarray], inputs: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        feed = dict(zip(INPUTS, inputs, strict=True))
+        given = dict(zip(INPUTS, inputs, strict=True))
+        feed = {n: given[n] for n in self.inputs}
         feed.update(cache)
         res = self.session.run(None, feed)
         return res[0], dict(zip(self.keys, res[1:], strict=True))
