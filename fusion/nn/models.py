@@ -530,18 +530,13 @@ class GaitNet(nn.Module):
         return z
 
     def step(
-        self,
-        state: dict[str, torch.Tensor],
-        imu_t: torch.Tensor,
-        imu_mask_t: torch.Tensor,
-        joints_t: torch.Tensor,
-        joints_mask_t: torch.Tensor,
+        self, state: dict[str, torch.Tensor], *frame: torch.Tensor
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """One new normalised frame per subject, (B, 13, 6) ... → (outputs (B, ...), state):
-        `step_chunk` of a one-frame chunk."""
-        self._check_inputs(imu_t, imu_mask_t, joints_t, joints_mask_t, per_frame=True)
-        x = (imu_t, imu_mask_t, joints_t, joints_mask_t)
-        out, new = self.step_chunk(state, *(v[:, None] for v in x))
+        """One new normalised frame per subject, `frame` = (imu (B, 13, 6), imu_mask (B, 13),
+        joints (B, 17, 3), joints_mask (B, 17)) → (outputs (B, ...), state): `step_chunk` of a
+        one-frame chunk."""
+        self._check_inputs(*frame, per_frame=True)
+        out, new = self.step_chunk(state, *(v[:, None] for v in frame))
         return {k: v[:, 0] for k, v in out.items()}, new
 
     def step_chunk(
