@@ -402,8 +402,8 @@ def keypoint_stream(n: int, seed: int, cams) -> SyncedBatch:
 def reference_angles(est: NeuralEstimator, calls: list[dict[str, SyncedBatch]], resets):
     """What NeuralEstimator.update_many computes, the plain way: per-subject caches, per-subject
     normalise_inputs (torch) and triangulation, one step_chunk per run of tick indices that
-    the same subjects have (batch in call order), angles per subject (`resets`: subjects dropped before a
-    call). Answers per call, as {subject: (t, angles)}."""
+    the same subjects have (batch in call order), angles per subject (`resets`: subjects
+    dropped before a call). Answers per call, as {subject: (t, angles)}."""
     from fusion.triangulation import triangulate_keypoints
 
     caches: dict[str, dict] = {}

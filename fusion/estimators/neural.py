@@ -10,8 +10,8 @@ call's ticks at once when every subject has as many: a backlog of ticks costs li
 one, since most of a tick is per-call overhead), in the call's order. When every subject is in
 it, that is the whole cache: it goes in as it is and the step's new cache replaces it (rows
 renumbered to the call's order), with no gather or scatter; otherwise the rows are gathered
-and written back. A subject that appears
-gets a zero cache row (frame count 0) at the end; `reset` removes its row. The output of frame
+and written back. A subject that appears gets a zero cache row (frame count 0) at the end;
+`reset` removes its row. The output of frame
 n describes frame n - lookahead, so a subject's first `lookahead` ticks return nothing and the
 answer carries the time of the tick it describes. Angles for all subjects come from one call.
 
@@ -210,16 +210,18 @@ class NeuralEstimator(Estimator):
             self.onnx_graph["stored"] = store_graph(path, graph)
         return step, err
 
-    def _check_onnx(self, step: OnnxStep, B: int = 3, ticks: int = 8) -> float:
-        """Largest difference of `step` vs torch (outputs and caches) over a few random chunks
-        of 1-5 ticks.
+    def _check_onnx(
+        self, step: OnnxStep, B: int = 3, chunks: tuple[int, ...] = (1, 3, 1, 2, 5, 1, 1, 4)
+    ) -> float:
+        """Largest difference of `step` vs torch (outputs and caches) over random chunks of
+        `chunks` ticks.
 
         The torch reference runs first, on one thread: these are tiny ops, and on the loaded
         2-core machine two torch threads made a tick take 20-1800 ms instead of ~8 ms (the
         check was most of a warm start). Then the ONNX ticks, so ONNX Runtime's spinning
         threads never compete with torch's."""
         g = torch.Generator().manual_seed(0)
-        xs = [_random_inputs(B, g, T) for T in (1, 3, 1, 2, 5, 1, 1, 4)[:ticks]]
+        xs = [_random_inputs(B, g, T) for T in chunks]
         state_t = self.model.init_state(B)
         state_o = {k: v.numpy().copy() for k, v in state_t.items()}
         want = []  # copies: torch may reuse a cache tensor's memory on the next tick

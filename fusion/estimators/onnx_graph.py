@@ -1,8 +1,9 @@
 """The ONNX form of a GaitNet's streaming step, and the on-disk cache of exported graphs.
 
 `StepModule` is `model.step_chunk` with flat tensors in and out (caches as inputs and outputs;
-batch and time axes dynamic, so ticks that arrived together run in one call): what `export_graph` exports; `OnnxStep` runs such a graph in ONNX Runtime with
-the torch step's call. fusion.estimators.neural checks every graph against torch before use.
+batch and time axes dynamic, so ticks that arrived together run in one call): what
+`export_graph` exports; `OnnxStep` runs such a graph in ONNX Runtime with the torch step's call.
+fusion.estimators.neural checks every graph against torch before use.
 
 Why a cache: an export takes ~6 s on a quiet machine and minutes under load, at every start.
 Graphs live at `<cache_dir()>/onnx/<kind>-<key>.onnx`, the key (`graph_key`) a hash of what

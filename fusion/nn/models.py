@@ -26,11 +26,12 @@ them over time for one answer), "joints" (B, T, 17, 3) root-relative joint centr
 "rot6d_video", its VideoNet branch's estimate. The output at frame t describes frame
 t - lookahead.
 
-`step()` runs one new frame for B subjects from a fixed-shape cache (conv histories, per-layer
-keys/values of the last `window` - 1 frames, a frame count per subject) and returns what
-`forward()` gives for that frame. A FusionNet whose refinement starts from a head does not run
-its video branch's temporal layers and heads there (no "rot6d_video"): that branch then only
-serves the training loss, and skipping it is about a third of a live tick. Attention is written with plain matmuls so it exports to ONNX.
+`step_chunk()` runs T new frames for B subjects from a fixed-shape cache (conv histories,
+per-layer keys/values of the last `window` - 1 frames, a frame count per subject) and returns
+what `forward()` gives for those frames; `step()` is a one-frame chunk. A FusionNet whose
+refinement starts from a head does not run its video branch's temporal layers and heads there
+(no "rot6d_video"): that branch then only serves the training loss. Attention is written with
+plain matmuls, and in a form without shape arithmetic for the ONNX export (`Attention`).
 """
 
 from __future__ import annotations
