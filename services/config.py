@@ -131,9 +131,9 @@ class SyncConfig:
     max_hold_ms: float = 25.0
     max_wait_ms: float = 15.0  # after a tick's time, emit it with what is there
     # once the other streams of a subject have completed a tick, a stream still without its
-    # sample gets this much longer (lost, not late: they arrive together; the IMU ingest
-    # holds a round as long for its missing packets), then the tick goes out with the older
-    # sample held
+    # sample gets this much longer, counted from their arrival (lost, not late: they arrive
+    # together; the IMU ingest holds a round as long for its missing packets, then sends the
+    # rest), then the tick goes out with the older sample held
     peer_wait_ms: float = 4.0
     wait_for: list[str] = field(default_factory=lambda: ["imu"])  # watermark modalities
     imu_max_gap_ms: float = 30.0  # widest IMU gap interpolated across

@@ -225,3 +225,31 @@ def test_a_round_that_completes_no_tick_is_held_until_a_round_that_does(
         assert len(sink.msgs) == 3
     finally:
         ing.stop()
+
+
+def test_a_round_missing_a_lost_packet_goes_out_when_the_hold_runs_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Causal, tick_rate 60: the shank's packet of a round is lost. Once the hold runs out the
+    thigh's packet, which completes a new tick, goes out without it (the sync's peer wait
+    decides about the shank); it used to wait for the next round or the defer time."""
+    ing, sink, outlets = _tick_ingest(monkeypatch, "lost", 0.02, True)
+    ing.max_defer_s = 5.0  # not what sends it
+    try:
+        k = math.ceil(pylsl.local_clock() * 60.0) + 1
+        assert _round_at(ing, sink, outlets, k / 60.0 + 0.001) == 1
+        thigh = next(s for s in ing.sources if "thigh" in s.label)
+        queued = thigh.inlet.queued()
+        outlets["thigh_r"].push_sample(np.ones(6, np.float32), (k + 1) / 60.0 - 0.005)
+        deadline = time.monotonic() + 2.0
+        while thigh.inlet.queued() <= queued:
+            assert time.monotonic() < deadline, "the sample never reached the inlet"
+            time.sleep(0.001)
+        ing.step([])
+        assert len(sink.msgs) == 1  # the shank's packet may still come: held
+        time.sleep(ing.hold_s + 0.01)
+        ing.step([])
+        assert len(sink.msgs) == 2
+        assert [p.stream for p in sink.msgs[-1].parts] == [thigh.label]
+    finally:
+        ing.stop()

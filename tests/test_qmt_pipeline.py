@@ -68,6 +68,9 @@ def test_qmt_replay_through_pipeline(shared_data: Path, ray_session: None) -> No
     # must wait for late samples rather than go out masked (masked sensors around the stand
     # or the first strides made the calibration miss or mis-fit, seen at load average 12-19)
     data["sync"]["max_wait_ms"] = 1000.0
+    # ... and so must a stream whose peers are in: the peer wait counts from their arrival,
+    # and the IMU ingest holds a round as long for its late packets
+    data["sync"]["peer_wait_ms"] = 30.0
     data["sync"]["stale_after_ms"] = 2000.0
     out_id = f"gs-{tag}"
     data["outputs"]["lsl_source_id"] = out_id

@@ -317,6 +317,39 @@ def test_a_stream_its_peers_outran_goes_out_held_after_peer_wait(
     assert batch.imu[-1, SEGMENT_INDEX["pelvis"], 0] == lost
 
 
+def test_peer_wait_counts_from_when_the_peers_arrived_not_from_when_the_sync_saw_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The IMU ingest holds a round `peer_wait` for a lost packet before sending the rest:
+    the tick those peers complete goes out as soon as the sync gets them (its time is past),
+    not another `peer_wait` later."""
+    from services.actors.messages import ImuMsg, ImuPart
+    from services.trace import Trace
+
+    clock = _Clock(1000.0)
+    names = {"pelvis": "pelvis", "head": "head"}
+    sync, sink = _sync_stage(monkeypatch, clock, "event", causal=True, streams=names)
+    grid = 1000.0 + 3e-4 + np.arange(300) * 0.01
+    lost = next(i for i in range(250, 290) if np.ceil(grid[i] * 60) / 60 < grid[i] + 0.004)
+    tick = np.ceil(grid[lost] * 60) / 60  # due less than 4 ms after the lost sample
+
+    def round_(i: int, segs: tuple[str, ...], seen_after: float = 0.0) -> None:
+        arrived = float(grid[i]) + 0.0002
+        clock.t = arrived + seen_after
+        x = np.full((1, 1, 6), float(i))
+        parts = [ImuPart("s0", seg, (seg,), grid[i : i + 1], x, 100.0, arrived) for seg in segs]
+        sync.step([ImuMsg.pack(parts, Trace(float(grid[i])).stamp("ingest", clock.t))])
+
+    for i in range(lost):
+        round_(i, ("pelvis", "head"))
+    sink.msgs.clear()
+    round_(lost, ("pelvis",), seen_after=0.0045)  # the head's packet lost; held 4.5 ms
+    assert clock.t > tick
+    assert sink.msgs, "the tick waited another peer_wait"
+    batch = sink.msgs[-1].batches["s0"]
+    assert batch.t[-1] == pytest.approx(tick)
+
+
 def test_sync_sleeps_until_the_max_wait_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = _Clock(1000.0)
     sync, sink = _sync_stage(monkeypatch, clock, "event")

@@ -384,15 +384,24 @@ class ImuIngest(Stage):
         and holding them for the next round costs no latency but saves 40 % of the Ray calls.
         A round held longer than `max_defer_s` goes out anyway (the sync's max-wait timer
         needs to see what did arrive).
+
+        A live stream still missing when the round's hold ran out lost its packet (or is
+        late): it does not hold the watermark here. The sync stage lets its peers' tick out
+        `peer_wait` after they arrived, holding that stream's older sample; deferring the
+        round for it instead kept a tick waiting for the next round (10 ms) on every lost
+        sample, the largest part of the end-to-end p99 (`gait-stream bench`).
         """
         if self.tick_rate <= 0 or now - self._held_since >= self.max_defer_s:
             return True
         stale = self.stale_s
         causal = self.causal
+        held_out = self._first_part is not None and now - self._first_part >= self.hold_s
         watermark = math.inf
         for s in active:
             if s.last_arrival is None or now - s.last_arrival >= stale:
                 continue
+            if held_out and not s.fresh:
+                continue  # missing from this round (lost): the sync's peer wait decides
             w = s.newest
             if causal and s.inlet is not None and s.inlet.rate > 0:
                 w += 1.0 / s.inlet.rate - 1e-6  # (as the sync: strictly within one period)

@@ -626,8 +626,21 @@ class Sync(Stage):
         if not marks or min(marks) >= due or max(marks) < due:
             return -math.inf  # complete, or nobody is there yet
         if subj.partial is None or subj.partial[0] != subj.k_next:
-            subj.partial = (subj.k_next, now)
+            subj.partial = (subj.k_next, min(now, self._completed_at(subj, due)))
         return due if now - subj.partial[1] >= self.peer_wait else -math.inf
+
+    def _completed_at(self, subj: _Subject, due: float) -> float:
+        """When the streams that complete tick `due` had arrived (their newest packet).
+
+        The peer wait counts from there, not from when this stage saw them: the IMU ingest
+        already held their round `peer_wait` for the missing packet before sending it.
+        """
+        done = [
+            s.last_arrival
+            for s in self._streams_for(subj)
+            if s.raw_watermark + self.raw_slack_s + self._lead(s) >= due
+        ]
+        return max(done, default=math.inf)
 
     @staticmethod
     def _recent(st: _Stream, since: float) -> tuple[np.ndarray, np.ndarray]:
