@@ -14,7 +14,9 @@ This is the reference the neural estimators must beat (Shin et al. compare IMUNe
    bias would give: no replay, and the calibration tick costs a few ms (closed-form
    estimates and one vectorised strapdown). A walk that is not periodic (no stride found:
    sitting down, standing up, shuffling) or after which the pelvis cannot be calibrated is
-   rejected: the estimator waits for the next stand + walk;
+   rejected: the estimator waits for the next stand + walk. After calibration every later
+   stand refines the bias (`bias_memory_s`): one short stand leaves the bias about the
+   vertical off by the gyro noise, a heading drift that nothing else corrects;
 3. segment orientations R_seg = Yaw(ψ) · R_filter · mountingᵀ → the published angles, with the
    direction of progression = the pelvis yaw smoothed by a causal two-pole low-pass
    (`heading_tau_s` per pole; the ±5° pelvis rotation at stride frequency passes at ~10 %).
@@ -170,6 +172,15 @@ class ClassicalImuConfig:
     settle_gain: float = 1.0  # ... a β ramping down from this (rad/s) to the filter's
     reacquire_s: float = 2.0  # window for re-acquiring a lost sensor's heading
     relative_tau_s: float = 10.0  # memory of each segment's mean yaw relative to its reference
+    #: after calibration every later stand refines the gyro bias: a running mean weighted by
+    #: standing time, the weight capped at this many seconds (0: off). Why: the bias about
+    #: the vertical is the plain mean of one 1-2 s stand, off by ~0.5 mrad/s from gyro noise
+    #: alone, and no gravity corrects the heading drift that leaves (~1.7°/min a sensor)
+    bias_memory_s: float = 60.0
+    #: ... from ticks where every trunk and leg sensor turns slower than this once the known
+    #: bias is removed (rad/s): still_gyr lets a slow turn on the spot pass as standing, and
+    #: a turn about the vertical is exactly what a bias estimate cannot tell from bias
+    bias_still_gyr: float = 0.1
     heading_tau_s: float = 0.5  # per pole of the heading low-pass
 
     def __post_init__(self) -> None:
@@ -232,6 +243,10 @@ class _SubjectState:
         self.reacq_n = np.zeros(n)
         self.rel_mean = np.zeros(n, complex)  # EMA of exp(i·(yaw − reference yaw))
         self.relevel_until = np.full(n, -np.inf)  # re-level on quiet ticks until then
+        # after calibration: the current still streak (tick time, raw gyro, acc), and the
+        # standing seconds behind each sensor's bias
+        self.rest: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=keep)
+        self.bias_s = np.zeros(n)
 
     @property
     def standing(self) -> bool:
@@ -484,6 +499,8 @@ class ClassicalImuEstimator(Estimator):
             st.t_last = np.where(mask[k], t[k], st.t_last)
             if st.calibration is None:
                 self._capture(st, t[k], gyr[k], acc[k], q[k], mask[k])
+            elif cfg.bias_memory_s > 0:
+                self._refine_bias(st, t[k], gyr[k], acc[k], mask[k])
         return q.copy()
 
     def _set_gains(
@@ -527,6 +544,53 @@ class ClassicalImuEstimator(Estimator):
             f = np.linalg.norm(acc, axis=-1)
             off = np.sum(up * acc, axis=-1) < f * np.cos(np.radians(cfg.relevel_deg))
             filt.gain = np.where(check & self._quiet(gyr, acc) & off, high, filt.gain)
+
+    # -- gyro bias after calibration -----------------------------------------------------------
+    def _refine_bias(
+        self, st: _SubjectState, t: float, gyr: np.ndarray, acc: np.ndarray, mask: np.ndarray
+    ) -> None:
+        """Collect a still streak; when it ends, fold its bias estimate into the running one.
+
+        The stand is cut as for calibration (its first settle_guard_s and last onset_guard_s
+        are the end of a stop and the onset of a walk), and `standing_estimates` takes the
+        sway the accelerometers saw out of it. A gap in the ticks ends the streak unused.
+        """
+        cfg = self.config
+        still = self._is_still(gyr, acc, mask)
+        if still:
+            judge = mask & _STILL_JUDGES
+            turn = np.linalg.norm(gyr[judge] - st.bias[judge], axis=-1)
+            still = bool((turn < cfg.bias_still_gyr).all())
+        if st.rest and t - st.rest[-1][0] > cfg.capture_gap_s:
+            st.rest.clear()
+        if still:
+            g = np.where(mask[:, None], gyr, np.nan)
+            a = np.where(mask[:, None], acc, np.nan)
+            st.rest.append((t, g, a))
+            return
+        if still is None or not st.rest:
+            return
+        streak = list(st.rest)
+        st.rest.clear()
+        t_begin = streak[0][0] + cfg.settle_guard_s
+        t_end = streak[-1][0] - cfg.onset_guard_s
+        stand = [r for r in streak if t_begin - 1e-9 <= r[0] <= t_end + 1e-9]
+        if not stand or stand[-1][0] - stand[0][0] + 1.0 / cfg.rate < cfg.standing_s - 1e-9:
+            return
+        times = np.array([r[0] for r in stand])
+        sg, sa = _gridded(
+            times,
+            [np.stack([r[1] for r in stand]), np.stack([r[2] for r in stand])],
+            times[0],
+            cfg.rate,
+        )
+        _, bias, _ = standing_estimates(sg, sa, 1.0 / cfg.rate)
+        w = np.isfinite(sg).all(axis=-1).sum(axis=0) / cfg.rate  # seconds each sensor had
+        ok = np.isfinite(bias).all(axis=-1) & (w > 0)
+        total = st.bias_s + w
+        mixed = st.bias_s[:, None] * np.nan_to_num(st.bias) + w[:, None] * np.nan_to_num(bias)
+        st.bias = np.where(ok[:, None], mixed / np.where(total > 0, total, 1.0)[:, None], st.bias)
+        st.bias_s = np.where(ok, np.minimum(total, cfg.bias_memory_s), st.bias_s)
 
     # -- calibration capture --------------------------------------------------------------------
     def _restart_capture(self, st: _SubjectState) -> None:
@@ -660,6 +724,9 @@ class ClassicalImuEstimator(Estimator):
         st.calibration = cal
         # the filters ran on these gyros during the walk already (the same estimate)
         st.bias = cal.gyro_bias.copy()
+        had = np.isfinite(sg).all(axis=-1).sum(axis=0) / cfg.rate  # its stand, per sensor
+        st.bias_s = np.where(np.isfinite(cal.gyro_bias).all(axis=-1), had, 0.0)
+        st.rest.clear()
         # the relative-yaw memory starts from the assumed stance (a toed-out foot, …)
         R0 = self._R_stance
         st.rel_mean = np.exp(1j * (_yaw(R0) - self._reference_yaw(_yaw(R0)[None], cal.ok[None])[0]))
