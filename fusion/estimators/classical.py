@@ -52,6 +52,7 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
@@ -268,6 +269,18 @@ def _gridded(
         g[k[keep]] = r[keep]  # duplicates on one grid point: the later tick wins
         out.append(g)
     return tuple(out)
+
+
+def _stand_grid(
+    stand: list[tuple[Any, ...]], rate: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A stand's (t, gyro, acc, …) rows: its tick times, and its gyro and accelerometer
+    samples on the tick grid from its first tick."""
+    times = np.array([r[0] for r in stand])
+    gyr = np.stack([r[1] for r in stand])
+    acc = np.stack([r[2] for r in stand])
+    sg, sa = _gridded(times, [gyr, acc], times[0], rate)
+    return times, sg, sa
 
 
 class ClassicalImuEstimator(Estimator):
@@ -572,18 +585,10 @@ class ClassicalImuEstimator(Estimator):
             return
         streak = list(st.rest)
         st.rest.clear()
-        t_begin = streak[0][0] + cfg.settle_guard_s
-        t_end = streak[-1][0] - cfg.onset_guard_s
-        stand = [r for r in streak if t_begin - 1e-9 <= r[0] <= t_end + 1e-9]
+        stand, _ = self._stand_of(streak)
         if not stand or stand[-1][0] - stand[0][0] + 1.0 / cfg.rate < cfg.standing_s - 1e-9:
             return
-        times = np.array([r[0] for r in stand])
-        sg, sa = _gridded(
-            times,
-            [np.stack([r[1] for r in stand]), np.stack([r[2] for r in stand])],
-            times[0],
-            cfg.rate,
-        )
+        _, sg, sa = _stand_grid(stand, cfg.rate)
         _, bias, _ = standing_estimates(sg, sa, 1.0 / cfg.rate)
         w = np.isfinite(sg).all(axis=-1).sum(axis=0) / cfg.rate  # seconds each sensor had
         ok = np.isfinite(bias).all(axis=-1) & (w > 0)
@@ -591,6 +596,15 @@ class ClassicalImuEstimator(Estimator):
         mixed = st.bias_s[:, None] * np.nan_to_num(st.bias) + w[:, None] * np.nan_to_num(bias)
         st.bias = np.where(ok[:, None], mixed / np.where(total > 0, total, 1.0)[:, None], st.bias)
         st.bias_s = np.where(ok, np.minimum(total, cfg.bias_memory_s), st.bias_s)
+
+    def _stand_of(self, streak: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], float]:
+        """The stand in a still streak of (t, …) rows, and where it ends: all but its first
+        settle_guard_s (the end of a stop) and its last onset_guard_s, which may already hold
+        the gentle onset of a walk."""
+        cfg = self.config
+        t_begin = streak[0][0] + cfg.settle_guard_s
+        t_end = streak[-1][0] - cfg.onset_guard_s
+        return [r for r in streak if t_begin - 1e-9 <= r[0] <= t_end + 1e-9], t_end
 
     # -- calibration capture --------------------------------------------------------------------
     def _restart_capture(self, st: _SubjectState) -> None:
@@ -661,20 +675,10 @@ class ClassicalImuEstimator(Estimator):
             st.buffer.clear()
             if not streak or streak[-1][0] - streak[0][0] + period < cfg.standing_s + guard - 1e-9:
                 return
-            # the whole still streak (as buffered) but its first `settle_guard_s` (the end of
-            # a stop) and its last `guard` s, which may already hold the gentle onset of the
-            # walk: those belong to the walk
-            t_begin = streak[0][0] + cfg.settle_guard_s
-            t_end = streak[-1][0] - guard
-            stand = [r for r in streak if t_begin - 1e-9 <= r[0] <= t_end + 1e-9]
+            # the ticks of the streak after its stand (the onset guard) belong to the walk
+            stand, t_end = self._stand_of(streak)
             onset = [r for r in streak if r[0] > t_end + 1e-9]
-            times = np.array([r[0] for r in stand])
-            sg, sa = _gridded(
-                times,
-                [np.stack([r[1] for r in stand]), np.stack([r[2] for r in stand])],
-                times[0],
-                cfg.rate,
-            )
+            times, sg, sa = _stand_grid(stand, cfg.rate)
             st.stand = (times, sg, sa, stand[-1][3])
             st.walk = [(r[0], r[1], r[2]) for r in onset] + [(t, g, a)]
             st.walk_start = stand[-1][0] + period
