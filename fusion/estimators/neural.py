@@ -554,11 +554,10 @@ def measure_speed(
     W = est.cfg.window
     g = torch.Generator().manual_seed(2)
     for S in subjects:
-        for b in backends:
-            rows.append({"subjects": S, "mode": f"step/{b}", **_time_steps(est, b, S, ticks)})
-        for b in backends:
-            per = _time_steps(est, b, S, ticks, chunk=4)
-            rows.append({"subjects": S, "mode": f"4 ticks per call/{b}", **per})
+        for chunk, mode in ((1, "step"), (4, "4 ticks per call")):
+            for b in backends:
+                per = _time_steps(est, b, S, ticks, chunk=chunk)
+                rows.append({"subjects": S, "mode": f"{mode}/{b}", **per})
         x = [
             torch.randn(S, W, len(SEGMENTS), 6, generator=g),
             torch.ones(S, W, len(SEGMENTS), dtype=torch.bool),

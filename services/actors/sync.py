@@ -635,11 +635,9 @@ class Sync(Stage):
         The peer wait counts from there, not from when this stage saw them: the IMU ingest
         already held their round `peer_wait` for the missing packet before sending it.
         """
-        done = [
-            s.last_arrival
-            for s in self._streams_for(subj)
-            if s.raw_watermark + self.raw_slack_s + self._lead(s) >= due
-        ]
+        streams = self._streams_for(subj)
+        marks = self._raw_marks(streams)
+        done = [s.last_arrival for s, m in zip(streams, marks, strict=True) if m >= due]
         return max(done, default=math.inf)
 
     @staticmethod
