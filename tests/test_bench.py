@@ -112,3 +112,20 @@ def test_report_names_the_estimator_its_backend_and_model_time(
     assert "estimator classical\n" in out and "model time" not in out
     _report(res, as_json=True)
     assert json.loads(capsys.readouterr().out)["estimator"] == "fusionnet"
+
+
+def test_observer_arrays_keep_rows_matched_while_a_feed_is_appended() -> None:
+    """The placement run reads a feed while its thread still appends (t, then x, then
+    arrival): a read between those appends must not pair 905 tick times with 853 arrival
+    times (it failed a CI run with an IndexError)."""
+    from services.commands.bench import Observer, _Feed
+
+    feed = _Feed("s0", None)  # type: ignore[arg-type]  (no inlet: only the lists are read)
+    for k in range(3):
+        feed.t.append(np.arange(k * 4, k * 4 + 4, dtype=float))
+        feed.x.append(np.zeros((4, 2)))
+        feed.arrival.append(np.full(4, 100.0 + k))
+    feed.t.append(np.arange(12, 64, dtype=float))  # the thread is between its appends
+    t, x, arrival = Observer.arrays(feed)
+    assert len(t) == len(x) == len(arrival) == 12
+    np.testing.assert_array_equal(t, np.arange(12.0))

@@ -166,10 +166,14 @@ class Observer:
 
     @staticmethod
     def arrays(feed: _Feed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if not feed.t:
+        """(t, x, arrival) of what a feed received, rows matched: safe while its thread still
+        appends (it appends t, then x, then arrival, so the first len(arrival) of each are
+        whole; a truth feed has no arrival times and is read after close)."""
+        n = len(feed.arrival) if feed.arrival else len(feed.t)
+        if not n:
             return np.zeros(0), np.zeros((0, 0)), np.zeros(0)
-        arrival = np.concatenate(feed.arrival) if feed.arrival else np.zeros(0)
-        return np.concatenate(feed.t), np.concatenate(feed.x), arrival
+        arrival = np.concatenate(feed.arrival[:n]) if feed.arrival else np.zeros(0)
+        return np.concatenate(feed.t[:n]), np.concatenate(feed.x[:n]), arrival
 
 
 # --------------------------------------------------------------------------- measuring

@@ -186,6 +186,7 @@ def _kill_one(pipe: Any, obs: Any, timeout: float) -> dict[str, Any]:
     """Kill the last inference actor as a crash would; time until its subjects output again."""
     import ray
 
+    from services.commands.bench import Observer
     from services.pipeline import supervise, update_placement
 
     role = pipe.inference_roles[-1]
@@ -202,8 +203,9 @@ def _kill_one(pipe: Any, obs: Any, timeout: float) -> dict[str, Any]:
             resumed_by_supervisor |= role in supervise(pipe, timeout=1.0)
         for feed in obs.angles:
             if feed.subject in victims and feed.subject not in resumed_at and feed.t:
-                # a tick after the kill can only have come from the restarted actor
-                t, arrival = np.concatenate(feed.t), np.concatenate(feed.arrival)
+                # a tick after the kill can only have come from the restarted actor (read
+                # while the feed's thread still appends: Observer.arrays keeps rows matched)
+                t, _, arrival = Observer.arrays(feed)
                 new = arrival[t > t_kill + 0.5]
                 if len(new):
                     resumed_at[feed.subject] = float(new[0] - t_kill)
