@@ -293,6 +293,7 @@ def start_pipeline(
                 max_depth=depth,
                 flush_s=flush_s,
                 report_subjects=len(plan["actors"]) == 1,
+                nice=cfg.model.nice,
                 num_gpus=plan["gpus_each"],
                 node=node,
             )

@@ -217,3 +217,11 @@ def test_embedded_default_model_matches_the_dataclass_default() -> None:
     from_yaml = dataclasses.asdict(load_config().model)
     assert from_yaml == dataclasses.asdict(parse_config({}).model)
     assert from_yaml["estimator"] == "fusionnet" and from_yaml["lookahead"] == 0
+
+
+def test_model_nice_is_a_niceness(tmp_path: Path) -> None:
+    assert load_config().model.nice == -10
+    data = default_data()
+    data["model"]["nice"] = -30
+    err = error_for(tmp_path, data)
+    assert err.key == "model.nice" and "-20..19" in str(err)

@@ -3,6 +3,8 @@ step runs on the upstream's thread, once at a time with its own worker, and its 
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import time
 from typing import Any
@@ -88,3 +90,50 @@ def test_gc_pauses_leave_out_the_start_up_collection(monkeypatch) -> None:
         gc.unfreeze()  # tune_process froze the test process's objects
         sys.setswitchinterval(switch)
         gc.set_threshold(*threshold)
+
+
+class Idle(Stage):
+    stage = "inference"
+
+    def __init__(self, nice: int | None) -> None:
+        super().__init__()
+        self.nice = nice
+        self.tid: int | None = None
+
+    def step(self, messages: list[Any]) -> None:
+        self.tid = threading.get_native_id()
+
+
+def _worker_niceness(stage: Idle) -> int:
+    stage.start()
+    try:
+        stage.put("go")
+        deadline = time.monotonic() + 5.0
+        while stage.tid is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert stage.tid is not None
+        return os.getpriority(os.PRIO_PROCESS, stage.tid)
+    finally:
+        stage.stop()
+
+
+def test_a_stage_runs_its_worker_thread_at_its_niceness() -> None:
+    """model.nice: the inference stage's worker thread takes its own niceness (Linux: per
+    thread), the process and its other threads keep theirs."""
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert _worker_niceness(Idle(min(base + 3, 19))) == min(base + 3, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    assert _worker_niceness(Idle(None)) == base
+
+
+def test_a_niceness_it_may_not_take_is_a_warning_not_a_failure(monkeypatch, caplog) -> None:
+    """Below 0 needs CAP_SYS_NICE: without it the stage logs why and runs at its niceness."""
+
+    def refuse(which: int, who: int, prio: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with caplog.at_level(logging.WARNING, logger="services.actors.stage"):
+        assert _worker_niceness(Idle(-10)) == base
+    assert "cannot set its thread's niceness to -10" in caplog.text

@@ -97,8 +97,10 @@ class Inference(Stage):
         max_depth: int = 32,
         flush_s: float = 0.25,
         report_subjects: bool = True,
+        nice: int | None = None,
     ) -> None:
         super().__init__(metrics=metrics, max_depth=max_depth, flush_s=flush_s)
+        self.nice = nice
         # one of several inference actors (shards.py) must not set the subjects gauges: two
         # on one node would overwrite each other's count; the pipeline sums them (running())
         self.report_subjects = report_subjects

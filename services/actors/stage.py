@@ -187,6 +187,7 @@ class Stage:
 
     stage = "stage"  # the {stage} label of the stage's metrics
     idle_s = 0.005  # longest sleep between steps when nothing arrives
+    nice: int | None = None  # the worker thread's niceness (None: as the process's)
 
     def __init__(
         self,
@@ -380,7 +381,25 @@ class Stage:
                 self._step_cpu.append(time.thread_time() - c0)
             self.flush()
 
+    def _set_nice(self) -> None:
+        """Give the worker thread its niceness (Linux: a thread's own; a lower value needs
+        CAP_SYS_NICE, and without it the thread runs on as it was)."""
+        if self.nice is None:
+            return
+        tid = threading.get_native_id()
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, self.nice)
+        except OSError as exc:
+            log.warning(
+                "%s stage: cannot set its thread's niceness to %d (%s); it stays at %d",
+                self.stage,
+                self.nice,
+                exc,
+                os.getpriority(os.PRIO_PROCESS, tid),
+            )
+
     def _loop(self) -> None:
+        self._set_nice()
         while self._running:
             with self._cv:
                 if not self._inbox:
