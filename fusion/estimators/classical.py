@@ -532,7 +532,7 @@ class ClassicalImuEstimator(Estimator):
             st.t_last = np.where(mask[k], t[k], st.t_last)
             if st.calibration is None:
                 self._capture(st, t[k], gyr[k], acc[k], q[k], mask[k])
-            elif cfg.bias_memory_s > 0:
+            elif cfg.bias_memory_s > 0 or cfg.stand_heading_deg > 0:
                 self._after_stands(st, t[k], gyr[k], acc[k], q[k], mask[k])
         return q.copy()
 
@@ -615,6 +615,15 @@ class ClassicalImuEstimator(Estimator):
         stand, _ = self._stand_of(streak)
         if not stand or stand[-1][0] - stand[0][0] + 1.0 / cfg.rate < cfg.standing_s - 1e-9:
             return
+        if cfg.bias_memory_s > 0:
+            self._fold_bias(st, stand)
+        if cfg.stand_heading_deg > 0:
+            self._stand_heading(st, t, stand)
+
+    def _fold_bias(self, st: _SubjectState, stand: list[tuple[Any, ...]]) -> None:
+        """Fold a stand's gyro-bias estimate into the running one: weighted by each
+        sensor's standing seconds, the weight capped at bias_memory_s."""
+        cfg = self.config
         _, sg, sa = _stand_grid(stand, cfg.rate)
         _, bias, _ = standing_estimates(sg, sa, 1.0 / cfg.rate)
         w = np.isfinite(sg).all(axis=-1).sum(axis=0) / cfg.rate  # seconds each sensor had
@@ -623,8 +632,6 @@ class ClassicalImuEstimator(Estimator):
         mixed = st.bias_s[:, None] * np.nan_to_num(st.bias) + w[:, None] * np.nan_to_num(bias)
         st.bias = np.where(ok[:, None], mixed / np.where(total > 0, total, 1.0)[:, None], st.bias)
         st.bias_s = np.where(ok, np.minimum(total, cfg.bias_memory_s), st.bias_s)
-        if cfg.stand_heading_deg > 0:
-            self._stand_heading(st, t, stand)
 
     def _stand_heading(self, st: _SubjectState, t: float, stand: list[tuple[Any, ...]]) -> None:
         """Queue, for tick `t`, the ψ shifts that set each leg segment's mean yaw relative to
