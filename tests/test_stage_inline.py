@@ -9,6 +9,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from services.actors.stage import Inline, Stage, call
 
 
@@ -121,7 +123,9 @@ def test_a_stage_runs_its_worker_thread_at_its_niceness() -> None:
     """model.nice: the inference stage's worker thread takes its own niceness (Linux: per
     thread), the process and its other threads keep theirs."""
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    assert _worker_niceness(Idle(min(base + 3, 19))) == min(base + 3, 19)
+    if base > 16:
+        pytest.skip(f"the test process already runs at niceness {base}: no room to raise it")
+    assert _worker_niceness(Idle(base + 3)) == base + 3
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
     assert _worker_niceness(Idle(None)) == base
 

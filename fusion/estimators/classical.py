@@ -649,8 +649,7 @@ class ClassicalImuEstimator(Estimator):
         use = healthy & np.isfinite(ref)
         rel = np.where(use, np.exp(1j * np.where(use, yaw - ref, 0.0)), 0.0).sum(axis=0)
         R0 = self._R_stance
-        target = _yaw(R0) - self._reference_yaw(_yaw(R0)[None], cal.ok[None])[0]
-        shift = _wrap(target - np.angle(rel))
+        shift = _wrap(self._stance_relative_yaw(cal.ok) - np.angle(rel))
         # the world's vertical in each segment's frame, over the stand and in the stance
         up = np.where(use[..., None], R[..., 2, :], 0.0).sum(axis=0)
         up /= np.maximum(np.linalg.norm(up, axis=-1, keepdims=True), 1e-12)
@@ -667,13 +666,19 @@ class ClassicalImuEstimator(Estimator):
 
     def _apply_yaw_shifts(self, st: _SubjectState, t: float) -> None:
         """Apply the queued heading resets due by tick `t` (the relative-yaw memory turns
-        with its segment)."""
-        cal = st.calibration
+        with its segment). Resets are queued only once calibrated, and a calibration
+        clears the queue."""
         while st.yaw_shifts and st.yaw_shifts[0][0] <= t + 1e-9:
             _, shift = st.yaw_shifts.pop(0)
-            if cal is not None:
-                cal.earth_yaw[:] = _wrap(cal.earth_yaw + shift)
-                st.rel_mean = st.rel_mean * np.exp(1j * shift)
+            assert st.calibration is not None
+            st.calibration.earth_yaw[:] = _wrap(st.calibration.earth_yaw + shift)
+            st.rel_mean = st.rel_mean * np.exp(1j * shift)
+
+    def _stance_relative_yaw(self, ok: np.ndarray) -> np.ndarray:
+        """(13,) each segment's yaw relative to its reference in the assumed stance: what
+        the calibration sets and every stand's heading reset restores."""
+        R0 = self._R_stance
+        return _yaw(R0) - self._reference_yaw(_yaw(R0)[None], ok[None])[0]
 
     def _stand_of(self, streak: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], float]:
         """The stand in a still streak of (t, …) rows, and where it ends: all but its first
@@ -811,8 +816,7 @@ class ClassicalImuEstimator(Estimator):
         st.rest.clear()
         st.yaw_shifts = []
         # the relative-yaw memory starts from the assumed stance (a toed-out foot, …)
-        R0 = self._R_stance
-        st.rel_mean = np.exp(1j * (_yaw(R0) - self._reference_yaw(_yaw(R0)[None], cal.ok[None])[0]))
+        st.rel_mean = np.exp(1j * self._stance_relative_yaw(cal.ok))
         st.rel_mean = np.where(np.isfinite(st.rel_mean), st.rel_mean, 0.0)
         # sensors whose filter restarted during the walk (a long gap) re-acquire their heading
         st.lost &= cal.ok
