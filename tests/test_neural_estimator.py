@@ -245,6 +245,26 @@ def test_onnx_backend_gives_the_torch_numbers(model) -> None:
     assert all(r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
 
 
+@needs_onnx
+def test_the_exported_step_reads_no_more_shapes_with_more_layers() -> None:
+    """The streaming step's per-layer and per-conv work has no shape arithmetic (the band of
+    visible keys is computed once, caches are cut by constant slices, the convolutions need
+    no reshape): a 4-layer, 4-conv FusionNet's graph reads as many shapes as a 1-layer,
+    1-conv one. Each Shape chain was a few ONNX Runtime kernels per tick."""
+    import onnx
+
+    def shapes(layers: int, kernels: tuple[int, ...]) -> int:
+        cfg = ModelConfig(
+            kind="fusionnet", width=8, layers=layers, heads=2, window=8, time_width=16,
+            conv_kernels=kernels, dropout=0.0, iterations=1,
+        )  # fmt: skip
+        net = build_model(cfg).eval()
+        graph = onnx.load_from_string(export_graph(net, list(net.init_state(1))))
+        return sum(n.op_type == "Shape" for n in graph.graph.node)
+
+    assert shapes(4, (1, 3, 5, 3)) == shapes(1, (3,))
+
+
 # --------------------------------------------------------------------------- ONNX graph cache
 
 

@@ -258,26 +258,47 @@ class TemporalBlock(nn.Module):
         x = x + self.drop(self.att(self.n1(x), bias=bias))
         return x + self.ff(self.n2(x))
 
-    def step(
-        self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, n: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, T, D) new frames; caches (B, H, window-1, dh) hold the previous frames, oldest
-        first; n (B,) frames seen before these. Returns (y, new k cache, new v cache)."""
-        h = self.n1(x)
-        k_new, v_new = self.att.keys_values(h)  # (B, H, T, dh)
-        k = torch.cat([k_cache, k_new], dim=2)  # key j is frame n - (W-1) + j
-        v = torch.cat([v_cache, v_new], dim=2)
-        T, W = x.shape[1], self.window
-        i = torch.arange(T, device=x.device)[:, None]
-        j = torch.arange(k.shape[2], device=x.device)[None, :]
+    def step_band(
+        self, T: int, n: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which cached or new key each of T new queries sees, for `step`: (distance index
+        (T, W-1+T) into `rel`, hidden (B, 1, T, W-1+T)). The same for every layer of a
+        branch: computed once per step (in the exported graph, ~10 nodes a layer fewer)."""
+        W = self.window
+        i = torch.arange(T, device=device)[:, None]
+        j = torch.arange(W - 1 + T, device=device)[None, :]  # key j is frame n - (W-1) + j
         dist = i + (W - 1) - j  # (T, W-1+T): query frame - key frame
         band = (dist >= 0) & (dist < W)
         seen = j >= (W - 1) - n[:, None]  # (B, W-1+T): the key frame exists (>= 0)
-        b = self.rel[:, dist.clamp(0, W - 1)][None]  # (1, H, T, W-1+T)
-        b = torch.where((band[None] & seen[:, None])[:, None], b, torch.full_like(b, _NEG))
+        return dist.clamp(0, W - 1), ~(band[None] & seen[:, None])[:, None]
+
+    def step(
+        self,
+        x: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        n: torch.Tensor,
+        band: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, D) new frames; caches (B, H, window-1, dh) hold the previous frames, oldest
+        first; n (B,) frames seen before these; `band` = `step_band` when the caller has it.
+        Returns (y, new k cache, new v cache)."""
+        T = x.shape[1]
+        dist, hidden = self.step_band(T, n, x.device) if band is None else band
+        h = self.n1(x)
+        k_new, v_new = self.att.keys_values(h)  # (B, H, T, dh)
+        k = torch.cat([k_cache, k_new], dim=2)
+        v = torch.cat([v_cache, v_new], dim=2)
+        b = self.rel[:, dist][None].masked_fill(hidden, _NEG)  # (B, H, T, W-1+T)
         y = x + self.att.attend(h, k, v, b)
         y = y + self.ff(self.n2(y))
-        return y, k[:, :, T:], v[:, :, T:]
+        return y, _last(k, self.window - 1), _last(v, self.window - 1)
+
+
+def _last(x: torch.Tensor, n: int, dim: int = 2) -> torch.Tensor:
+    """The last `n` frames of x along `dim`: a streaming cache's new contents. A constant
+    slice, where `x[:, :, T:]` made the exported graph read T from a shape."""
+    return x[(slice(None),) * dim + (slice(-n, None) if n > 0 else slice(0, 0),)]
 
 
 class CausalConvStack(nn.Module):
@@ -310,17 +331,18 @@ class CausalConvStack(nn.Module):
         self, x: torch.Tensor, hist: list[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x (B, T, N, C) new frames; hist[i] (B, N, C_i, k_i - 1). Returns (B, T, N, width),
-        hist."""
-        B, T, N, _ = x.shape
-        h = x.permute(0, 2, 3, 1).reshape(B * N, -1, T)
+        hist.
+
+        Each Conv1d runs as a (1, k) Conv2d over (B, C, N, frames): the same weights, and no
+        (B·N, C, T) reshape, whose shape the exported graph computed from the input's."""
+        h = x.permute(0, 3, 2, 1)  # (B, C, N, T)
         new_hist = []
         for i, (conv, k) in enumerate(zip(self.convs, self.kernels, strict=True)):
-            c = conv.in_channels
-            full = torch.cat([hist[i].reshape(B * N, c, k - 1), h], dim=2)  # k-1+T frames
-            new_hist.append(full[:, :, T:].reshape(B, N, c, k - 1))
-            y = conv(full)
+            full = torch.cat([hist[i].transpose(1, 2), h], dim=3)  # k-1+T frames
+            new_hist.append(_last(full, k - 1, dim=3).transpose(1, 2))
+            y = nnf.conv2d(full, conv.weight.unsqueeze(2), conv.bias)
             h = nnf.gelu(y) if i == 0 else h + nnf.gelu(y)
-        return h.reshape(B, N, -1, T).permute(0, 3, 1, 2), new_hist
+        return h.permute(0, 3, 2, 1), new_hist
 
 
 class TokenEncoder(nn.Module):
@@ -412,8 +434,9 @@ class Branch(nn.Module):
         self, z: torch.Tensor, state: dict[str, torch.Tensor], prefix: str, n: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         new = {}
+        band = self.temporal[0].step_band(z.shape[1], n, z.device) if len(self.temporal) else None
         for i, b in enumerate(self.temporal):
-            z, k, v = b.step(z, state[f"{prefix}k{i}"], state[f"{prefix}v{i}"], n)
+            z, k, v = b.step(z, state[f"{prefix}k{i}"], state[f"{prefix}v{i}"], n, band)
             new[f"{prefix}k{i}"], new[f"{prefix}v{i}"] = k, v
         return z, new
 
