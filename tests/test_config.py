@@ -220,7 +220,7 @@ def test_embedded_default_model_matches_the_dataclass_default() -> None:
 
 
 def test_model_nice_is_a_niceness(tmp_path: Path) -> None:
-    assert load_config().model.nice == -10
+    assert load_config().model.nice == -20
     data = default_data()
     data["model"]["nice"] = -30
     err = error_for(tmp_path, data)
