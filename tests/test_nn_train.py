@@ -160,6 +160,37 @@ def test_init_imu_copies_the_imunet_and_rejects_a_mismatched_file(trained: dict,
         train("imunet", FAST, tmp_path / "g", init_imu=imu_file, **kw)
 
 
+def test_init_fine_tunes_a_whole_model_and_never_ships_worse(trained: dict, tmp_path) -> None:
+    """--init: the run starts from the file (same weights and config, validated at step 0),
+    every parameter at warm_lr_scale, and its best weights are at least as good as the file's.
+    A file of another kind, or --init with a warm start, is refused naming the file."""
+    src_file = trained["summary"]["path"]
+    src, src_cfg, src_meta = load_model(src_file)
+    kw = {"pool_cache": trained["cache"], "workers": 1, "progress_bar": False}
+    s = train("imunet", replace(FAST, max_steps=0), tmp_path / "a", init=src_file, **kw)
+    same, cfg, meta = load_model(s["path"])
+    assert cfg == src_cfg and meta["warm_start"] == {"init": str(src_file)}
+    for k, v in same.state_dict().items():
+        torch.testing.assert_close(v, src.state_dict()[k], rtol=0, atol=0)
+    start = s["history"][0]
+    assert start["step"] == 0
+    assert start["val_lower_rmse_deg"] == pytest.approx(
+        src_meta["validation"]["lower_rmse_deg"], abs=2e-3
+    )
+    groups = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["optimizer"]
+    assert [g["lr_scale"] for g in groups["param_groups"]] == [FAST.warm_lr_scale]
+    more = train(
+        "imunet", replace(FAST, max_steps=10, val_every=5), tmp_path / "b", init=src_file, **kw
+    )
+    _, _, best_meta = load_model(more["path"])
+    assert [r["step"] for r in more["history"]][:3] == [0, 5, 10]
+    assert best_meta["validation"]["lower_rmse_deg"] <= start["val_lower_rmse_deg"] + 1e-3
+    with pytest.raises(ValueError, match=r"--init .*imunet\.pt: a imunet model, not a videonet"):
+        train("videonet", FAST, tmp_path / "c", init=src_file, **kw)
+    with pytest.raises(ValueError, match="--init cannot be combined"):
+        train("fusionnet", FAST, tmp_path / "c", init=src_file, init_imu=src_file, **kw)
+
+
 def test_evaluate_model_can_drop_a_modality(trained: dict) -> None:
     model, _, _ = load_model(trained["summary"]["path"])  # an IMUNet: needs its IMUs
     pool = build_pool(

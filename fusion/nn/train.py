@@ -25,6 +25,10 @@ copied parameters train at `warm_lr_scale` × the learning rate, the fusion laye
 rate, so that the trained single-modality paths are refined rather than overwritten while the
 modality dropout keeps each of them working alone. FusionNet's validation also reports the
 "no video" error (joints masked), to see whether it uses its IMUs.
+
+Fine-tuning (any model): `init` starts from a whole model file of the same kind, with its
+config, every parameter at `warm_lr_scale` × the learning rate. Its validation before the
+first step is the best to beat, so the run's best weights are never worse than the file's.
 """
 
 from __future__ import annotations
@@ -433,6 +437,24 @@ def _warm_start(
     return warm, inits
 
 
+def _fine_tune_start(
+    kind: str, init: str | Path, fusion_start: str | None
+) -> tuple[GaitNet, ModelConfig]:
+    """The model file to fine-tune and its config. ValueError naming the file when it is
+    another kind of model or another refinement start than asked for."""
+    from fusion.nn.checkpoint import load_model
+
+    net, cfg, _ = load_model(init)
+    if cfg.kind != kind:
+        raise ValueError(f"--init {init}: a {cfg.kind} model, not a {kind}")
+    if fusion_start is not None and cfg.fusion_start != fusion_start:
+        raise ValueError(
+            f"--init {init}: its refinement starts from the {cfg.fusion_start}, not the "
+            f"{fusion_start} (--fusion-start)"
+        )
+    return net, cfg
+
+
 def _param_groups(model: GaitNet, warm: list[str], warm_scale: float) -> list[dict[str, Any]]:
     """AdamW groups: fresh parameters at the full rate, warm-started ones at `warm_scale`."""
     named = dict(model.named_parameters())
@@ -440,7 +462,7 @@ def _param_groups(model: GaitNet, warm: list[str], warm_scale: float) -> list[di
     if unknown:
         raise ValueError(f"warm-started parameters {unknown[:3]} are not in the model")
     hot = [p for k, p in named.items() if k not in set(warm)]
-    groups = [{"params": hot, "lr_scale": 1.0}]
+    groups = [{"params": hot, "lr_scale": 1.0}] if hot else []  # (none left: fine-tuning)
     if warm:
         groups.append({"params": [named[k] for k in warm], "lr_scale": float(warm_scale)})
     return groups
@@ -461,6 +483,7 @@ def train(
     init_video: str | Path | None = None,
     init_imu: str | Path | None = None,
     fusion_start: str | None = None,
+    init: str | Path | None = None,
     pool_cache: str | Path | None = None,
     workers: int = 2,
     threads: int | None = 1,
@@ -472,7 +495,8 @@ def train(
 
     FusionNet: `init_video` / `init_imu` warm-start its video / IMU side from model files
     (ValueError naming the file when its config does not fit); `fusion_start` ("video" or
-    "head", default "head" with `init_imu`, else "video") is where its refinement starts."""
+    "head", default "head" with `init_imu`, else "video") is where its refinement starts.
+    `init`: fine-tune that model file (same kind; its config replaces the preset's)."""
     from tqdm import tqdm
 
     from fusion.nn.checkpoint import load_model
@@ -486,6 +510,9 @@ def train(
     torch.manual_seed(seed)
     if kind != "fusionnet" and (init_video or init_imu or fusion_start):
         raise ValueError("--init-video, --init-imu and --fusion-start only apply to fusionnet")
+    if init is not None and (resume is not None or init_video or init_imu):
+        raise ValueError("--init cannot be combined with --resume, --init-video or --init-imu")
+    asked_start = fusion_start
     ck: dict[str, Any] | None = None
     if resume is not None:
         ck = torch.load(resume, map_location=device, weights_only=False)
@@ -495,6 +522,11 @@ def train(
             fusion_start = ck["config"].get("fusion_start", "video")
     extra = {"fusion_start": fusion_start} if fusion_start else {}
     cfg = ModelConfig(kind=kind, **{**preset.model, **extra})
+    start: GaitNet | None = None
+    if init is not None:
+        start, cfg = _fine_tune_start(kind, init, asked_start)
+    elif ck is not None and "init" in ck.get("inits", {}):
+        cfg = ModelConfig.from_dict(ck["config"])  # a fine-tune keeps its source's config
 
     t_pool = time.perf_counter()
     seeds = train_seeds(preset)
@@ -526,6 +558,11 @@ def train(
         if not same:
             raise ValueError(f"--resume {resume}: its config {ck.get('config')} != {cfg.to_dict()}")
         warm, inits = list(ck.get("warm_params", [])), dict(ck.get("inits", {}))
+    elif start is not None:
+        model.load_state_dict(start.state_dict())
+        warm = [name for name, _ in model.named_parameters()]
+        inits = {"init": str(init)}
+        log(f"fine-tuning {init}")
     else:
         warm, inits = _warm_start(model, cfg, init_video, init_imu, device, log)
     opt = torch.optim.AdamW(

@@ -4,6 +4,7 @@
     gait-stream train --model fusionnet --init-video runs/videonet/videonet.pt
     gait-stream train --model fusionnet --init-video videonet --init-imu imunet --minutes 40
     gait-stream train --model imunet --resume runs/imunet/last.pt
+    gait-stream train --model imunet --init imunet --minutes 50   # fine-tune the shipped one
 
 Training seeds are 0..N-1 (N from the preset's data hours); evaluation's held-out seeds
 (>= 1_000_000) are never used. Uses CUDA when torch sees a GPU.
@@ -40,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="fusionnet: warm-start its IMU encoder, temporal layers and heads from an IMUNet "
         "('imunet' = the shipped weights)",
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        help="fine-tune this model file of the same kind ('imunet' etc. = the shipped "
+        "weights); every parameter at --warm-lr-scale x the learning rate",
     )
     p.add_argument(
         "--fusion-start",
@@ -127,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             init_video=resolve(args.init_video) if args.init_video else None,
             init_imu=resolve(args.init_imu) if args.init_imu else None,
             fusion_start=args.fusion_start,
+            init=resolve(args.init) if args.init else None,
             pool_cache=cache,
             workers=args.workers,
             threads=args.threads,
