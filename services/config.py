@@ -123,7 +123,7 @@ class ModelConfig:
     #: scheduling niceness of the inference stage's worker thread (-20..19; Linux): where
     #: the model runs in a process of its own, a full CPU then lets its call finish before the
     #: I/O stages' and the simulated lab's work (`gait-stream bench --estimator fusionnet
-    #: --subjects 4`, model time per tick p99: 17-20 ms at 0, 9-10 ms at -10, 7.5-8.5 ms at
+    #: --subjects 4`, model time per tick p99: 17-20 ms at 0, 9-10 ms at -10, 7.3-8.2 ms at
     #: -20). Below 0 needs CAP_SYS_NICE (root); without it: one warning, and the thread stays
     #: as it was
     nice: int = -20
