@@ -455,6 +455,30 @@ def _fine_tune_start(
     return net, cfg
 
 
+def _run_config(
+    kind: str,
+    preset: TrainPreset,
+    fusion_start: str | None,
+    init: str | Path | None,
+    init_imu: str | Path | None,
+    ck: dict[str, Any] | None,
+) -> tuple[GaitNet | None, ModelConfig]:
+    """The run's model config, and the model to fine-tune (`init`): that file's config; a
+    resumed fine-tune's own; else the preset's, FusionNet's refinement starting where asked
+    (default: from a head with `init_imu`, from the video branch otherwise; a resumed run's
+    as it was)."""
+    if init is not None:
+        return _fine_tune_start(kind, init, fusion_start)
+    if ck is not None and "init" in ck.get("inits", {}):
+        return None, ModelConfig.from_dict(ck["config"])
+    if fusion_start is None and kind == "fusionnet":
+        fusion_start = "head" if init_imu is not None else "video"
+        if ck is not None and isinstance(ck.get("config"), dict):  # resume: as it was
+            fusion_start = ck["config"].get("fusion_start", "video")
+    extra = {"fusion_start": fusion_start} if fusion_start else {}
+    return None, ModelConfig(kind=kind, **{**preset.model, **extra})
+
+
 def _param_groups(model: GaitNet, warm: list[str], warm_scale: float) -> list[dict[str, Any]]:
     """AdamW groups: fresh parameters at the full rate, warm-started ones at `warm_scale`."""
     named = dict(model.named_parameters())
@@ -512,21 +536,10 @@ def train(
         raise ValueError("--init-video, --init-imu and --fusion-start only apply to fusionnet")
     if init is not None and (resume is not None or init_video or init_imu):
         raise ValueError("--init cannot be combined with --resume, --init-video or --init-imu")
-    asked_start = fusion_start
     ck: dict[str, Any] | None = None
     if resume is not None:
         ck = torch.load(resume, map_location=device, weights_only=False)
-    if fusion_start is None and kind == "fusionnet":
-        fusion_start = "head" if init_imu is not None else "video"
-        if ck is not None and isinstance(ck.get("config"), dict):  # resume: as it was
-            fusion_start = ck["config"].get("fusion_start", "video")
-    extra = {"fusion_start": fusion_start} if fusion_start else {}
-    cfg = ModelConfig(kind=kind, **{**preset.model, **extra})
-    start: GaitNet | None = None
-    if init is not None:
-        start, cfg = _fine_tune_start(kind, init, asked_start)
-    elif ck is not None and "init" in ck.get("inits", {}):
-        cfg = ModelConfig.from_dict(ck["config"])  # a fine-tune keeps its source's config
+    start, cfg = _run_config(kind, preset, fusion_start, init, init_imu, ck)
 
     t_pool = time.perf_counter()
     seeds = train_seeds(preset)
