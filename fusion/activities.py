@@ -81,6 +81,7 @@ __all__ = [
     "MotionState",
     "end_state",
     "generate_motion",
+    "stance_offsets",
 ]
 
 TOUCHDOWN_SPEED = 0.3  # m/s: vertical speed of the landing foot at touchdown (running)
@@ -359,6 +360,30 @@ def stand_pose(subject: GaitSubject, normative: NormativeSet | None = None) -> n
         d[D[f"elbow_flexion_{s}"]] = 10.0
     d[D["trunk_flexion"]] = subject.trunk_lean * 0.5 - tilt
     d[D["neck_flexion"]] = -0.4 * subject.trunk_lean
+    if subject.stance is not None:
+        d = d + subject.stance
+    return d
+
+
+def stance_offsets(rng: np.random.Generator, sd_deg: float) -> np.ndarray:
+    """How one person's quiet stance departs from the typical one (DOFS, deg), feet flat.
+
+    People do not stand alike: knees a few degrees flexed or hyperextended, thighs leaning,
+    feet turned out more or less (σ of a few degrees in healthy adults, far more in crouch
+    gait). A calibration that assumes the typical stance reads the difference as a constant
+    offset, so the evaluation sweeps it. Per side: the thigh's global lean, the knee's
+    flexion and the foot's turn-out, each N(0, sd_deg); the ankle follows so the foot stays
+    flat (`_set_legs_flat`).
+    """
+    if not np.isfinite(sd_deg) or sd_deg < 0:
+        raise ValueError(f"stance sd_deg={sd_deg!r}: must be a finite angle >= 0 deg")
+    thigh, knee, turn = rng.normal(0.0, sd_deg, (3, len(SIDES)))
+    d = np.zeros(len(DOFS))
+    for k, s in enumerate(SIDES):
+        d[DOF_INDEX[f"hip_flexion_{s}"]] = thigh[k]
+        d[DOF_INDEX[f"knee_flexion_{s}"]] = knee[k]
+        d[DOF_INDEX[f"ankle_dorsiflexion_{s}"]] = knee[k] - thigh[k]
+        d[DOF_INDEX[f"ankle_rotation_{s}"]] = turn[k]
     return d
 
 

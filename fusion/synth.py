@@ -27,14 +27,22 @@ from __future__ import annotations
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from threadpoolctl import threadpool_limits
 
-from fusion.activities import ACTIVITIES, PATHOLOGIES, MotionSpec, end_state, generate_motion
+from fusion.activities import (
+    ACTIVITIES,
+    PATHOLOGIES,
+    MotionSpec,
+    MotionState,
+    end_state,
+    generate_motion,
+    stance_offsets,
+)
 from fusion.body import BodyModel, BodyShape
 from fusion.camera import PinholeCamera, default_rig
 from fusion.imu_sim import (
@@ -55,6 +63,7 @@ from fusion.noise import (
 from fusion.normative import SPEEDS, NormativeSet, load_default_normative
 from fusion.records import check_known_fields
 from fusion.skeleton import GAIT_EVENTS, KEYPOINT_INDEX, SEGMENTS, SIDES
+from fusion.walking import sample_gait_subject
 
 __all__ = [
     "BODY_FIELDS",
@@ -147,6 +156,9 @@ class SequenceParams:
     camera_margin: tuple[float, float] = (1.15, 1.6)  # half the vertical view at the subject, m
     image_size: tuple[int, int] = (1920, 1080)  # px (width, height)
     rig_follow_s: float = 1.0  # s, σ of the smoothing of the path the rig follows
+    #: deg, σ of how the subject's quiet stance departs from the typical one
+    #: (fusion.activities.stance_offsets); 0 = everyone stands alike
+    stance_sd_deg: float = 0.0
 
     def __post_init__(self) -> None:
         o = "SequenceParams"
@@ -174,6 +186,8 @@ class SequenceParams:
             raise ValueError(f"{o}.image_size={self.image_size!r}: both sides must be > 0 px")
         if not np.isfinite(self.rig_follow_s) or self.rig_follow_s < 0:
             raise ValueError(f"{o}.rig_follow_s={self.rig_follow_s!r}: must be >= 0 s")
+        if not np.isfinite(self.stance_sd_deg) or not 0 <= self.stance_sd_deg <= 30:
+            raise ValueError(f"{o}.stance_sd_deg={self.stance_sd_deg!r}: must be in 0–30 deg")
         if not isinstance(self.noise, NoiseParams):
             raise ValueError(f"{o}.noise: must be a NoiseParams, got {type(self.noise).__name__}")
 
@@ -319,9 +333,10 @@ def _generate_sequence(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"generate_sequence seed={seed!r}: must be a whole number >= 0")
     normative = normative or _default_normative()
-    body_ss, motion_ss, place_ss, imu_ss, rig_ss, video_ss = np.random.SeedSequence(
+    # spawn(7) gives spawn(6)'s six first: a stance stream leaves every other draw as it was
+    body_ss, motion_ss, place_ss, imu_ss, rig_ss, video_ss, stance_ss = np.random.SeedSequence(
         int(seed)
-    ).spawn(6)
+    ).spawn(7)
     rngs = [np.random.default_rng(s) for s in (body_ss, motion_ss, place_ss, imu_ss)]
     rng_body, rng_motion, rng_place, rng_imu = rngs
     rng_rig, rng_video = np.random.default_rng(rig_ss), np.random.default_rng(video_ss)
@@ -335,7 +350,12 @@ def _generate_sequence(
         pathology=params.pathology,
         fs=params.motion_rate,
     )
-    motion = generate_motion(spec, body, rng_motion, normative)
+    # the subject generate_motion would draw first, with this sequence's own stance
+    subject = sample_gait_subject(rng_motion, normative, params.speed)
+    if params.stance_sd_deg > 0:
+        stance = stance_offsets(np.random.default_rng(stance_ss), params.stance_sd_deg)
+        subject = replace(subject, stance=stance)
+    motion = generate_motion(spec, body, rng_motion, normative, MotionState(subject=subject))
     T = params.n_frames
     times = motion.t[0] + _LEAD_IN_S + np.arange(T) / params.model_rate
     if times[-1] > motion.t[-1] + 1e-9:

@@ -220,6 +220,9 @@ class GaitSubject:
     arm_swing: float = 1.0  # × the speed-dependent default amplitude
     trunk_lean: float = 4.0  # deg, global forward lean of the thorax
     affected_side: str = "r"  # the side a one-sided pathology affects
+    #: (len(DOFS),) deg added to the quiet standing pose (fusion.activities.stance_offsets);
+    #: None = the typical stance
+    stance: np.ndarray | None = None
 
     def curves(self, normative: NormativeSet, speed: str) -> SubjectCurves:
         mean = normative.periodic_mean(speed)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fusion.nn.checkpoint import load_model, save_model
+from fusion.nn.features import JOINT_SCALE
 from fusion.nn.models import ModelConfig, build_model
 from fusion.nn.train import (
     PRESETS,
@@ -100,6 +101,31 @@ def test_pool_cache_is_reused_and_checked(trained: dict, tmp_path) -> None:
     bad.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match=r"bad\.npz"):
         build_pool(seeds, lambda s: sequence_params_for(s, 0, 4.0), 1, bad)
+
+
+def test_each_window_gets_fresh_joint_noise(trained: dict) -> None:
+    """The same windows drawn twice carry different joint noise, of the noise model's size
+    around the clean joints; with renoise_joints off they are the pool's noisy joints."""
+    from fusion.nn.features import normalise_inputs
+
+    seeds = train_seeds(FAST)
+    pool = build_pool(seeds, lambda s: sequence_params_for(s, 0, 4.0), 1, trained["cache"])
+    cfg = ModelConfig(kind="videonet", **FAST.model)
+    b = Batcher(pool, FAST, cfg, seed=5)
+    idx = np.arange(3)[:, None] * 240 + np.arange(20)[None]
+    one, two = b._fresh_joints(idx), b._fresh_joints(idx)
+    kp = pool.arrays["kp_world"][idx]
+    clean = normalise_inputs(
+        np.zeros((*idx.shape, 13, 6)), np.ones((*idx.shape, 13), bool), kp, np.ones(kp.shape[:-1])
+    )[2]
+    assert one.shape == two.shape == clean.shape == pool.arrays["joints"][idx].shape
+    assert not np.allclose(one, two)
+    for noisy in (one, two):  # jitter ≥ 5 mm, bias ≤ 50 mm σ, 250 mm peaks on ≤ 6 %: a few cm
+        rms_m = float(np.sqrt(np.mean((noisy - clean) ** 2))) * JOINT_SCALE
+        assert 0.004 < rms_m < 0.15, rms_m
+    off = Batcher(pool, replace(FAST, renoise_joints=False), cfg, seed=5)
+    x = off(torch.device("cpu"))
+    assert np.isin(x["joints"].numpy()[x["joints_mask"].numpy()], pool.arrays["joints"]).all()
 
 
 def test_held_out_seeds_are_refused() -> None:

@@ -141,6 +141,8 @@ def test_noise_is_applied_with_the_papers_scale() -> None:
         ({"speed": "Warp"}, "speed='Warp'"),
         ({"n_cameras": -1}, "n_cameras=-1"),
         ({"height_range": (2.0, 1.5)}, "height_range"),
+        ({"stance_sd_deg": -1.0}, r"stance_sd_deg=-1\.0: must be in 0–30 deg"),
+        ({"stance_sd_deg": float("nan")}, "stance_sd_deg=nan"),
     ],
 )
 def test_bad_sequence_parameters(kw: dict, msg: str) -> None:
@@ -245,3 +247,29 @@ def test_live_lab_subjects_stay_in_view() -> None:
             kp = np.concatenate([ch[s].keypoints[c] for ch in chunks])
             assert (kp[..., 2] > 0).mean() > 0.8, (s, c)
     assert len(lab.cameras) == 4 and lab.bodies[0] != lab.bodies[1]
+
+
+def test_a_subjects_own_stance_moves_the_stands_and_nothing_else() -> None:
+    """stance_sd_deg turns the legs of quiet standing only: the feet stay flat, the arms do
+    not move, and a sequence that never stands does not change."""
+    base = SequenceParams(activity="start_stop", duration=12.0)
+    a = generate_sequence(base, 31).arrays
+    b = generate_sequence(replace(base, stance_sd_deg=6.0), 31).arrays
+    stand = a["activity"] == ACTIVITIES.index("stand")
+    assert stand.sum() > 60
+    legs = [ANGLES.index(f"{j}_{s}") for j in ("knee_flexion", "hip_flexion") for s in "lr"]
+    moved = np.abs(b["angles"][stand][:, legs] - a["angles"][stand][:, legs]).mean(axis=0)
+    assert moved.max() > 1.0, moved  # four N(0, 6°) offsets: all below 1° is p < 1e-4
+    arms = [ANGLES.index(f"elbow_flexion_{s}") for s in "lr"]
+    np.testing.assert_array_equal(a["angles"][:, arms], b["angles"][:, arms])
+    for s in "lr":  # the sole's pitch: the foot's long axis stays level
+        foot = SEGMENT_INDEX[f"foot_{s}"]
+        pitch_a, pitch_b = (x["rotations"][stand, foot, 2, 0] for x in (a, b))
+        np.testing.assert_allclose(pitch_b, pitch_a, atol=1e-6)
+    walk = replace(base, activity="walk")
+    w0, w1 = (
+        generate_sequence(walk, 31).arrays,
+        generate_sequence(replace(walk, stance_sd_deg=6.0), 31).arrays,
+    )
+    for k in w0:  # stand + 1·(gait − stand) rounds: float32 IMU samples may move by an ulp
+        np.testing.assert_allclose(w1[k], w0[k], rtol=0, atol=1e-5, err_msg=k)

@@ -4,12 +4,15 @@ Data: a pool of sequences made up front by `fusion.synth.generate_sequence` with
 seeds 0..N-1 (`TRAIN_SEED_LIMIT` guards the held-out range: evaluation uses seeds >= 1_000_000,
 the validation here 500_000..), each with its own activity, speed, pathology and noise levels
 (paper defaults for half, the rest drawn up to 30° IMU misplacement σ and 100 mm joint jitter
-σ). The pool is normalised once (fusion.nn.features.normalise_inputs, the same function the
-live estimator uses) and can be cached in one .npz that several runs share.
+σ) and stance (half the subjects stand up to σ 10° away from the typical stance). The pool is
+normalised once (fusion.nn.features.normalise_inputs, the same function the live estimator
+uses) and can be cached in one .npz that several runs share.
 
 Batches are random windows with random mask dropout: single IMUs, single joints, whole
 camera frames (all joints of a frame) and whole modalities (FusionNet), so a lost sensor
-degrades the output instead of breaking it.
+degrades the output instead of breaking it. Each window's 3-D joints get their noise drawn
+afresh from the clean ones (`TrainPreset.renoise_joints`): with the noise fixed in the pool,
+the video side learnt the 2-hour pool's noise and not the noise model.
 
 Losses: geodesic angle of every segment's orientation (heading-free frame), geodesic angle of
 every joint's relative rotation (what the clinical angles are made of), joint positions from a
@@ -52,7 +55,7 @@ from fusion.activities import ACTIVITIES
 from fusion.nn.checkpoint import save_model
 from fusion.nn.features import angles_from_output, heading_free_rotations, normalise_inputs
 from fusion.nn.models import GaitNet, ModelConfig, build_model
-from fusion.noise import NoiseParams
+from fusion.noise import NoiseParams, add_joint_noise
 from fusion.normative import SPEEDS
 from fusion.skeleton import ANGLE_INDEX, LOWER_LIMB_ANGLES, PARENT, SEGMENT_INDEX, SEGMENTS
 from fusion.synth import SequenceParams, generate_sequence
@@ -71,6 +74,7 @@ __all__ = [
 
 TRAIN_SEED_LIMIT = 1_000_000  # seeds >= this are held out for evaluation: never trained on
 VAL_SEED_BASE = 500_000  # validation sequences during training (never trained on either)
+_POOL_FORMAT = 2  # the pool's arrays; 2 added the clean joints ("kp_world")
 _GAIT_WITH_PATHOLOGY = ("walk", "turn", "start_stop")
 _ACTIVITY_WEIGHTS = {
     "walk": 0.35,
@@ -112,6 +116,9 @@ class TrainPreset:
     p_drop_joint: float = 0.05  # per joint per window
     p_drop_frame: float = 0.03  # per frame: all joints lost (a camera dropout)
     p_drop_modality: float = 0.1  # per window, each modality (FusionNet only)
+    #: each window's joints get noise drawn afresh (augmented_noise) on the clean joints, so
+    #: the video side never sees the same noise twice; False = the pool's noisy joints
+    renoise_joints: bool = True
     warm_lr_scale: float = 0.25  # learning-rate factor of warm-started parameters
 
 
@@ -137,6 +144,20 @@ PRESETS: dict[str, TrainPreset] = {
 
 
 # -- data --------------------------------------------------------------------------------------
+def augmented_noise(rng: np.random.Generator) -> NoiseParams:
+    """Half the time the paper's default noise, half its augmentation ranges beyond them."""
+    noise = NoiseParams()
+    if rng.random() < 0.5:
+        noise = replace(
+            noise,
+            imu_misplacement_deg=float(rng.uniform(0.0, 30.0)),
+            joint_jitter_mm=float(rng.uniform(5.0, 100.0)),
+            joint_bias_mm=float(rng.uniform(0.0, 50.0)),
+            high_peak_fraction=float(rng.uniform(0.0, 0.06)),
+        )
+    return noise
+
+
 def sequence_params_for(index: int, seed: int, seconds: float) -> SequenceParams:
     """Training sequence `index` of run seed `seed`: activity, speed, pathology, noise levels."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0x4E4E]))
@@ -148,15 +169,10 @@ def sequence_params_for(index: int, seed: int, seconds: float) -> SequenceParams
     pathology = None
     if activity in _GAIT_WITH_PATHOLOGY and rng.random() < 0.3:
         pathology = PATHOLOGIES[int(rng.integers(len(PATHOLOGIES)))]
-    noise = NoiseParams()
-    if rng.random() < 0.5:  # the paper's augmentation range beyond its defaults
-        noise = replace(
-            noise,
-            imu_misplacement_deg=float(rng.uniform(0.0, 30.0)),
-            joint_jitter_mm=float(rng.uniform(5.0, 100.0)),
-            joint_bias_mm=float(rng.uniform(0.0, 50.0)),
-            high_peak_fraction=float(rng.uniform(0.0, 0.06)),
-        )
+    noise = augmented_noise(rng)
+    # people stand differently: half the subjects depart from the typical stance (drawn last,
+    # so the draws above are those of pools made before it)
+    stance = float(rng.uniform(0.0, 10.0)) if rng.random() < 0.5 else 0.0
     return SequenceParams(
         activity=activity,
         pathology=pathology,
@@ -164,6 +180,7 @@ def sequence_params_for(index: int, seed: int, seconds: float) -> SequenceParams
         duration=seconds,
         noise=noise,
         n_cameras=0,
+        stance_sd_deg=stance,
     )
 
 
@@ -188,6 +205,7 @@ def _make_sequence(args: tuple[SequenceParams, int]) -> dict[str, np.ndarray]:
         "kp": np.stack([kx, ky, kp[..., 2]], axis=-1).astype(np.float32),
         "angles": a["angles"],
         "body": np.repeat(a["body"][None], T, axis=0),
+        "kp_world": a["keypoints3d"].astype(np.float32),  # clean, for fresh joint noise
     }
 
 
@@ -221,7 +239,11 @@ def build_pool(
     """Generate (or read from `cache`) one sequence per seed; params(seed) gives its recipe."""
     if any(s >= TRAIN_SEED_LIMIT for s in seeds) and min(seeds) < VAL_SEED_BASE:
         raise ValueError("build_pool: training seeds must stay below 1_000_000 (held out)")
-    spec = {"seeds": [int(s) for s in seeds], "params": [params(s).to_dict() for s in seeds]}
+    spec = {
+        "seeds": [int(s) for s in seeds],
+        "params": [params(s).to_dict() for s in seeds],
+        "format": _POOL_FORMAT,
+    }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     spec["key"] = key
     if cache is not None:
@@ -302,16 +324,28 @@ class Batcher:
             drop = rng.random(B)
             imu_mask &= (drop >= p.p_drop_modality)[:, None, None]
             jm &= ((drop < p.p_drop_modality) | (drop >= 2 * p.p_drop_modality))[:, None, None]
+        joints = self._fresh_joints(idx) if p.renoise_joints else a["joints"][idx]
         out = {
             "imu": a["imu"][idx] * imu_mask[..., None],
             "imu_mask": imu_mask,
-            "joints": a["joints"][idx] * jm[..., None],
+            "joints": joints * jm[..., None],
             "joints_mask": jm,
             "rot": a["rot"][idx],
             "kp": a["kp"][idx],
             "body": a["body"][idx],
         }
         return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in out.items()}
+
+    def _fresh_joints(self, idx: np.ndarray) -> np.ndarray:
+        """The windows' clean joints with noise drawn now, one recipe per window, normalised
+        as the estimator normalises them."""
+        kp = self.pool.arrays["kp_world"][idx].astype(np.float64)
+        noisy = np.stack([add_joint_noise(w, self.rng, augmented_noise(self.rng)) for w in kp])
+        B, T = idx.shape
+        no_imu = np.zeros((B, T, len(SEGMENTS), 6), np.float32)
+        ones = np.ones((B, T, len(SEGMENTS)), bool)
+        _, _, joints, _ = normalise_inputs(no_imu, ones, noisy, np.ones(noisy.shape[:-1], bool))
+        return joints
 
 
 # -- losses ------------------------------------------------------------------------------------
