@@ -123,6 +123,8 @@ MISPLACEMENT_DEG: tuple[float, ...] = (0.0, 10.0, 20.0, 30.0)
 JOINT_NOISE_MM: tuple[float, ...] = (12.0, 50.0, 75.0, 100.0)
 #: σ of the subject's departure from the typical standing pose (SequenceParams.stance_sd_deg)
 STANCE_DEG: tuple[float, ...] = (0.0, 3.0, 6.0, 9.0)
+#: the estimator whose answered frames the head-to-head scores use (`_score_paired`)
+PAIRED_WITH = "classical"
 ROBUSTNESS: dict[str, str] = {
     "none": "all sensors (3-D joints given)",
     "imu_missing_1": "1 random IMU missing for the whole clip",
@@ -351,7 +353,10 @@ def run_unit(
         for k, (c, s) in enumerate(zip(clips, seqs, strict=True))
     }
     cams = {f"clip{k}": cameras_from_sequence(s.arrays, s.meta) for k, s in enumerate(seqs)}
-    results: list[dict[str, Any]] = [{"clip": c, "models": {}, "seconds": {}} for c in clips]
+    results: list[dict[str, Any]] = [
+        {"clip": c, "models": {}, "paired": {}, "seconds": {}} for c in clips
+    ]
+    answers: dict[str, dict[str, np.ndarray]] = {}
     for name in models:
         t0 = time.perf_counter()
         per_clip = name == "classical_video" or any(c.triangulated for c in clips)
@@ -371,7 +376,29 @@ def run_unit(
                 preds[f"clip{k}"], a["angles"], a["activity"], keep
             )
             results[k]["seconds"][name] = dt / len(clips)
+        answers[name] = preds
+    if PAIRED_WITH in answers:
+        _score_paired(results, seqs, answers, warmup_s)
     return results
+
+
+def _score_paired(
+    results: list[dict[str, Any]],
+    seqs: Sequence[Any],
+    answers: dict[str, dict[str, np.ndarray]],
+    warmup_s: float,
+) -> None:
+    """Every model again, on only the (frame, angle) pairs PAIRED_WITH answered: a head-to-head
+    on the same frames, which the plain scores are not (the classical estimator answers
+    nothing before its calibration and skips angles whose sensor is lost)."""
+    for k, s in enumerate(seqs):
+        a = s.arrays
+        asked = np.isfinite(answers[PAIRED_WITH][f"clip{k}"])
+        for name, preds in answers.items():
+            p = np.where(asked, preds[f"clip{k}"], np.nan)
+            results[k]["paired"][name] = score_angles(
+                p, a["angles"], a["activity"], a["t"] >= warmup_s
+            )
 
 
 def _init_worker() -> None:
@@ -544,12 +571,14 @@ def evaluate(
     return report
 
 
-def _acc(scored: list[dict[str, Any]], model: str, tag: tuple[str, ...]) -> dict[str, Any]:
+def _acc(
+    scored: list[dict[str, Any]], model: str, tag: tuple[str, ...], key: str = "models"
+) -> dict[str, Any]:
     sse = np.zeros((len(ACTIVITIES) + 1, len(ANGLES)))
     n, frames = np.zeros_like(sse), np.zeros(len(ACTIVITIES) + 1)
     for r in scored:
-        if tag in r["clip"].tags and model in r["models"]:
-            s = r["models"][model]
+        if tag in r["clip"].tags and model in r[key]:
+            s = r[key][model]
             sse += s["sse"]
             n += s["n"]
             frames += s["frames"]
@@ -584,6 +613,9 @@ def _report(
             if fr:
                 per_act[act] = _brief({"sse": sse[None], "n": n[None], "frames": [fr]}, 0)
         entry["per_activity"] = per_act
+        paired = _acc(scored, m, ("heldout",), key="paired")
+        if paired["frames"][A]:
+            entry[f"on_{PAIRED_WITH}_frames"] = _brief(paired, A)
         out["models"][m] = entry
     out["noise"] = _noise(scored, ready, plan)
     out["robustness"] = _robustness(scored, ready, plan)

@@ -48,6 +48,14 @@ def test_quick_report_shape_and_finite_numbers(report: dict, tmp_path) -> None:
         assert 0 < models[m]["coverage"]["lower"] <= 1
         assert {"normal", "pathological", "per_activity"} <= set(models[m])
     assert "pelvis_tilt" in models["classical_video"]["not_estimated"]
+    # the head-to-head on the classical estimator's frames: its own score is unchanged, the
+    # others answer at most what it answered
+    own = models["classical"]
+    assert own["on_classical_frames"]["lower"] == pytest.approx(own["rmse_deg"]["lower"])
+    for m in ("classical_nominal", "classical_video"):
+        paired = models[m]["on_classical_frames"]
+        assert paired["coverage_lower"] <= own["coverage"]["lower"] + 1e-9
+        assert np.isfinite(paired["lower"]) and paired["lower"] != models[m]["rmse_deg"]["lower"]
     assert report["heldout"]["seed_min"] == HELDOUT_SEED0
     noise = report["noise"]["misplacement_deg"]
     assert noise["levels"] == [0.0, 30.0] and set(noise["models"]) == {

@@ -59,16 +59,19 @@ def _fmt(v: Any) -> str:
 
 
 def _table(report: dict[str, Any]) -> str:
-    lines = ["model              lower  upper  cover  normal  patho   status"]
+    lines = ["model              lower  upper  cover  normal  patho  on-cl   status"]
     for m, e in report["models"].items():
         if e.get("status") != "ok":
             lines.append(f"{m:<18} {'':>28} missing: {e.get('reason', '')[:60]}")
             continue
         r, c = e["rmse_deg"], e["coverage"]
+        paired = e.get("on_classical_frames", {}).get("lower")
         lines.append(
             f"{m:<18} {_fmt(r['lower'])}  {_fmt(r['upper'])}  {c['lower']:5.2f}  "
-            f"{_fmt(e['normal']['lower'])}   {_fmt(e['pathological']['lower'])}   ok"
+            f"{_fmt(e['normal']['lower'])}   {_fmt(e['pathological']['lower'])}  "
+            f"{_fmt(paired)}   ok"
         )
+    lines.append("(on-cl: lower on only the frames and angles the classical estimator answered)")
     for _sweep, res in report["noise"].items():
         lines.append(f"\nnoise: {res['what']}  levels {res['levels']} (lower-limb RMSE, mean±sd)")
         for m, r in res["models"].items():
