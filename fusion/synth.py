@@ -312,6 +312,23 @@ def _project_all(cams: list[PinholeCamera], points: np.ndarray) -> tuple[np.ndar
     return uv, vis
 
 
+def _first_state(
+    rng: np.random.Generator,
+    normative: NormativeSet,
+    speed: str,
+    stance_sd_deg: float,
+    stance_seed: np.random.SeedSequence,
+) -> MotionState:
+    """What generate_motion starts from without a `start`: the subject it would draw from
+    `rng`, drawn the same way, with that subject's own stance from a stream of its own (so a
+    stance leaves every other draw as it was)."""
+    subject = sample_gait_subject(rng, normative, speed)
+    if stance_sd_deg > 0:
+        stance = stance_offsets(np.random.default_rng(stance_seed), stance_sd_deg)
+        subject = replace(subject, stance=stance)
+    return MotionState(subject=subject)
+
+
 # -- one sequence ----------------------------------------------------------------------------
 def generate_sequence(
     params: SequenceParams, seed: int, normative: NormativeSet | None = None
@@ -350,12 +367,8 @@ def _generate_sequence(
         pathology=params.pathology,
         fs=params.motion_rate,
     )
-    # the subject generate_motion would draw first, with this sequence's own stance
-    subject = sample_gait_subject(rng_motion, normative, params.speed)
-    if params.stance_sd_deg > 0:
-        stance = stance_offsets(np.random.default_rng(stance_ss), params.stance_sd_deg)
-        subject = replace(subject, stance=stance)
-    motion = generate_motion(spec, body, rng_motion, normative, MotionState(subject=subject))
+    start = _first_state(rng_motion, normative, params.speed, params.stance_sd_deg, stance_ss)
+    motion = generate_motion(spec, body, rng_motion, normative, start)
     T = params.n_frames
     times = motion.t[0] + _LEAD_IN_S + np.arange(T) / params.model_rate
     if times[-1] > motion.t[-1] + 1e-9:
@@ -446,6 +459,7 @@ class LabSpec:
     volume_radius: float = 2.5  # m: a subject leaving this disc re-enters on the other side
     lane_spacing: float = 1.2  # m between the subjects' lanes
     initial_stand_s: float = 2.0  # s standing still at the start (IMU calibration), 0 = none
+    stance_sd_deg: float = 0.0  # σ of each subject's stance from the typical one (SequenceParams)
 
     def __post_init__(self) -> None:
         o = "LabSpec"
@@ -462,6 +476,8 @@ class LabSpec:
         _check_choice(o, "speed", self.speed, SPEEDS)
         if not np.isfinite(self.initial_stand_s) or not 0 <= self.initial_stand_s <= 600:
             raise ValueError(f"{o}.initial_stand_s={self.initial_stand_s!r}: must be in 0–600 s")
+        if not np.isfinite(self.stance_sd_deg) or not 0 <= self.stance_sd_deg <= 30:
+            raise ValueError(f"{o}.stance_sd_deg={self.stance_sd_deg!r}: must be in 0–30 deg")
         if not np.isfinite(self.block_seconds) or self.block_seconds < 1.0:
             raise ValueError(f"{o}.block_seconds={self.block_seconds!r}: must be >= 1 s")
         for name in ("camera_radius", "volume_radius", "lane_spacing"):
@@ -638,7 +654,9 @@ class SyntheticLab:
             fs=spec.motion_rate,
         )
         if j == 0:
-            m = generate_motion(mspec, s.body, rng, self.normative)
+            stance_seed = np.random.SeedSequence([spec.seed, s.index, 0x57A])
+            start = _first_state(rng, self.normative, spec.speed, spec.stance_sd_deg, stance_seed)
+            m = generate_motion(mspec, s.body, rng, self.normative, start)
             s.motions.append((0, -_LEAD_IN_S, m))
             return
         _, L_prev, prev = s.motions[-1]

@@ -74,6 +74,7 @@ class SimulateConfig:
     n_cameras: int = 4
     seed: int = 0
     activity: str = "start_stop"  # fusion.synth activity; stand-then-walk lets IMUs calibrate
+    stance_sd_deg: float = 0.0  # σ of each subject's stance from the typical one (0-30 deg)
     jitter_ms: float = 0.5  # σ of the timestamp jitter added to every sample
     push_period_ms: float = 10.0
     # the lab's thread writes each consumer's socket itself (1/3 of the lab's CPU at 4
@@ -329,6 +330,8 @@ def _check(cfg: Config) -> None:
                 raise ConfigError(src, f"simulate.{key}", "out of range")
         if sim.imu_rate <= 0 or sim.camera_rate <= 0:
             raise ConfigError(src, "simulate", "rates must be > 0")
+        if not 0 <= sim.stance_sd_deg <= 30:
+            raise ConfigError(src, "simulate.stance_sd_deg", "must be within 0-30 deg")
     if not cfg.subjects and not sim.enabled:
         raise ConfigError(src, "subjects", "missing: no subjects and no simulated lab")
     if cfg.subjects and sim.enabled and len(cfg.subjects) != sim.subjects:

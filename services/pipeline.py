@@ -175,6 +175,7 @@ def _prepare(config: Config, run_tag: str | None) -> tuple[Config, Any, list[Any
         n_cameras=sim.n_cameras,
         seed=sim.seed,
         activity=sim.activity,
+        stance_sd_deg=sim.stance_sd_deg,
     )
     lab = SimulatedLab(
         spec,

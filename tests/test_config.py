@@ -154,6 +154,10 @@ def test_cross_field_rules(tmp_path: Path) -> None:
     assert error_for(tmp_path, data).key == "sync.wait_for[1]"
 
     data = default_data()
+    data["simulate"]["stance_sd_deg"] = 45.0
+    assert error_for(tmp_path, data).key == "simulate.stance_sd_deg"
+
+    data = default_data()
     data["subjects"].append(copy.deepcopy(data["subjects"][0]))
     data["simulate"]["subjects"] = 2
     assert error_for(tmp_path, data).key == "subjects[1].id"

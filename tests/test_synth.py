@@ -157,6 +157,7 @@ def test_bad_sequence_parameters(kw: dict, msg: str) -> None:
         ({"camera_rate": 0.0}, "camera_rate=0.0"),
         ({"subjects": 0}, "subjects=0"),
         ({"volume_radius": 9.0}, "volume_radius=9.0: must be inside the camera ring"),
+        ({"stance_sd_deg": 31.0}, r"LabSpec\.stance_sd_deg=31\.0: must be in 0–30 deg"),
     ],
 )
 def test_bad_lab_parameters(kw: dict, msg: str) -> None:
@@ -273,3 +274,19 @@ def test_a_subjects_own_stance_moves_the_stands_and_nothing_else() -> None:
     )
     for k in w0:  # stand + 1·(gait − stand) rounds: float32 IMU samples may move by an ulp
         np.testing.assert_allclose(w1[k], w0[k], rtol=0, atol=1e-5, err_msg=k)
+
+
+def test_the_live_labs_subjects_stand_their_own_way() -> None:
+    """LabSpec.stance_sd_deg: the first stand (the calibration stand) moves the legs and
+    only the legs, and each subject stands in a way of its own."""
+    spec = LabSpec(subjects=2, seed=4, activity="start_stop", n_cameras=0)
+    a = SyntheticLab(spec).advance(1.5)
+    b = SyntheticLab(replace(spec, stance_sd_deg=6.0)).advance(1.5)
+    legs = [ANGLES.index(f"knee_flexion_{s}") for s in "lr"]
+    arms = [ANGLES.index(f"elbow_flexion_{s}") for s in "lr"]
+    moved = []
+    for ca, cb in zip(a, b, strict=True):
+        np.testing.assert_allclose(cb.truth_angles[:, arms], ca.truth_angles[:, arms], atol=1e-9)
+        moved.append(np.abs(cb.truth_angles[:, legs] - ca.truth_angles[:, legs]).mean(axis=0))
+    assert np.max(moved) > 1.0, moved
+    assert not np.allclose(moved[0], moved[1])  # each subject has a stance of its own

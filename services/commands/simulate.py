@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--camera-rate", type=float, default=30.0)
     p.add_argument("--jitter-ms", type=float, default=0.5, help="timestamp jitter σ (ms)")
     p.add_argument(
+        "--stance-sd",
+        type=float,
+        default=0.0,
+        help="σ (deg) of each subject's stance from the typical one (default 0: all alike)",
+    )
+    p.add_argument(
         "--sync-outlets",
         action="store_true",
         help="IMU outlets send from the lab's thread: less CPU, but a reader that freezes "
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
             n_cameras=args.cameras,
             seed=args.seed,
             activity=args.activity,
+            stance_sd_deg=args.stance_sd,
         )
     except ValueError as exc:
         print(f"gait-stream simulate: {exc}", file=sys.stderr)
