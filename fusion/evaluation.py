@@ -125,6 +125,8 @@ JOINT_NOISE_MM: tuple[float, ...] = (12.0, 50.0, 75.0, 100.0)
 STANCE_DEG: tuple[float, ...] = (0.0, 3.0, 6.0, 9.0)
 #: the estimator whose answered frames the head-to-head scores use (`_score_paired`)
 PAIRED_WITH = "classical"
+#: where each model's head-to-head score goes in the report (`models.<name>.<PAIRED_KEY>`)
+PAIRED_KEY = f"on_{PAIRED_WITH}_frames"
 ROBUSTNESS: dict[str, str] = {
     "none": "all sensors (3-D joints given)",
     "imu_missing_1": "1 random IMU missing for the whole clip",
@@ -615,7 +617,7 @@ def _report(
         entry["per_activity"] = per_act
         paired = _acc(scored, m, ("heldout",), key="paired")
         if paired["frames"][A]:
-            entry[f"on_{PAIRED_WITH}_frames"] = _brief(paired, A)
+            entry[PAIRED_KEY] = _brief(paired, A)
         out["models"][m] = entry
     out["noise"] = _noise(scored, ready, plan)
     out["robustness"] = _robustness(scored, ready, plan)

@@ -106,7 +106,7 @@ def test_pool_cache_is_reused_and_checked(trained: dict, tmp_path) -> None:
 def test_each_window_gets_fresh_joint_noise(trained: dict) -> None:
     """The same windows drawn twice carry different joint noise, of the noise model's size
     around the clean joints; with renoise_joints off they are the pool's noisy joints."""
-    from fusion.nn.features import normalise_inputs
+    from fusion.nn.features import normalise_joints
 
     seeds = train_seeds(FAST)
     pool = build_pool(seeds, lambda s: sequence_params_for(s, 0, 4.0), 1, trained["cache"])
@@ -115,9 +115,7 @@ def test_each_window_gets_fresh_joint_noise(trained: dict) -> None:
     idx = np.arange(3)[:, None] * 240 + np.arange(20)[None]
     one, two = b._fresh_joints(idx), b._fresh_joints(idx)
     kp = pool.arrays["kp_world"][idx]
-    clean = normalise_inputs(
-        np.zeros((*idx.shape, 13, 6)), np.ones((*idx.shape, 13), bool), kp, np.ones(kp.shape[:-1])
-    )[2]
+    clean = normalise_joints(kp, np.ones(kp.shape[:-1], bool))[0]
     assert one.shape == two.shape == clean.shape == pool.arrays["joints"][idx].shape
     assert not np.allclose(one, two)
     for noisy in (one, two):  # jitter ≥ 5 mm, bias ≤ 50 mm σ, 250 mm peaks on ≤ 6 %: a few cm

@@ -35,6 +35,7 @@ __all__ = [
     "heading_free_rotations",
     "matrix_to_rot6d",
     "normalise_inputs",
+    "normalise_joints",
     "rot6d_to_matrix",
 ]
 
@@ -87,16 +88,24 @@ def _normalise(
     imu: np.ndarray, imu_mask: np.ndarray, joints: np.ndarray, joints_mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`normalise_inputs` in float32 numpy (the live estimator calls it every tick: no small
-    torch ops). The length of the facing vector is torch's `vector_norm`, as when the shipped
-    models were trained (numpy's sum of squares rounds differently: torch fuses a multiply-add)."""
+    torch ops)."""
     imu = np.asarray(imu, np.float32)
-    joints = np.asarray(joints, np.float32)
     imu_mask = np.asarray(imu_mask, bool) & np.isfinite(imu).all(-1)
+    imu = np.where(imu_mask[..., None], imu, np.float32(0.0)) / _SCALE
+    np.clip(imu, -_CLIP, _CLIP, out=imu)
+    return (imu, imu_mask, *normalise_joints(joints, joints_mask))
+
+
+def normalise_joints(joints: Any, joints_mask: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The joints' half of `normalise_inputs`, numpy only (training draws fresh joint noise
+    per window and normalises only the joints). The length of the facing vector is torch's
+    `vector_norm`, as when the shipped models were trained (numpy's sum of squares rounds
+    differently: torch fuses a multiply-add)."""
+    _check("joints", joints, (len(KEYPOINTS), 3))
+    _check("joints_mask", joints_mask, (len(KEYPOINTS),))
+    joints = np.asarray(joints, np.float32)
     joints_mask = np.asarray(joints_mask, bool) & np.isfinite(joints).all(-1)
     zero = np.float32(0.0)
-    imu = np.where(imu_mask[..., None], imu, zero) / _SCALE
-    np.clip(imu, -_CLIP, _CLIP, out=imu)
-
     j = np.where(joints_mask[..., None], joints, zero)
     hips_ok = joints_mask[..., _HIP_L] & joints_mask[..., _HIP_R]
     root = np.float32(0.5) * (j[..., _HIP_L, :] + j[..., _HIP_R, :])
@@ -118,7 +127,7 @@ def _normalise(
     joints_mask = joints_mask & hips_ok[..., None]
     j = np.where(joints_mask[..., None], j, zero)
     np.clip(j, -_CLIP, _CLIP, out=j)
-    return imu, imu_mask, j, joints_mask
+    return j, joints_mask
 
 
 def heading_free_rotations(rotations: np.ndarray, heading: np.ndarray) -> np.ndarray:

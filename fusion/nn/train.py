@@ -53,7 +53,12 @@ import torch
 
 from fusion.activities import ACTIVITIES
 from fusion.nn.checkpoint import save_model
-from fusion.nn.features import angles_from_output, heading_free_rotations, normalise_inputs
+from fusion.nn.features import (
+    angles_from_output,
+    heading_free_rotations,
+    normalise_inputs,
+    normalise_joints,
+)
 from fusion.nn.models import GaitNet, ModelConfig, build_model
 from fusion.noise import NoiseParams, add_joint_noise
 from fusion.normative import SPEEDS
@@ -341,11 +346,7 @@ class Batcher:
         as the estimator normalises them."""
         kp = self.pool.arrays["kp_world"][idx].astype(np.float64)
         noisy = np.stack([add_joint_noise(w, self.rng, augmented_noise(self.rng)) for w in kp])
-        B, T = idx.shape
-        no_imu = np.zeros((B, T, len(SEGMENTS), 6), np.float32)
-        ones = np.ones((B, T, len(SEGMENTS)), bool)
-        _, _, joints, _ = normalise_inputs(no_imu, ones, noisy, np.ones(noisy.shape[:-1], bool))
-        return joints
+        return normalise_joints(noisy, np.ones(noisy.shape[:-1], bool))[0]
 
 
 # -- losses ------------------------------------------------------------------------------------

@@ -59,13 +59,15 @@ def _fmt(v: Any) -> str:
 
 
 def _table(report: dict[str, Any]) -> str:
+    from fusion.evaluation import PAIRED_KEY
+
     lines = ["model              lower  upper  cover  normal  patho  on-cl   status"]
     for m, e in report["models"].items():
         if e.get("status") != "ok":
             lines.append(f"{m:<18} {'':>28} missing: {e.get('reason', '')[:60]}")
             continue
         r, c = e["rmse_deg"], e["coverage"]
-        paired = e.get("on_classical_frames", {}).get("lower")
+        paired = e.get(PAIRED_KEY, {}).get("lower")
         lines.append(
             f"{m:<18} {_fmt(r['lower'])}  {_fmt(r['upper'])}  {c['lower']:5.2f}  "
             f"{_fmt(e['normal']['lower'])}   {_fmt(e['pathological']['lower'])}  "
