@@ -83,6 +83,7 @@ __all__ = [
     "batch_from_sequence",
     "cameras_from_sequence",
     "evaluate",
+    "is_neural",
     "model_spec",
     "plot_noise",
     "run_unit",
@@ -109,15 +110,20 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 NEURAL_NAMES: tuple[str, ...] = ("fusionnet", "imunet", "videonet")
 #: the default models; "classical_nominal" = the classical IMU path with nominal mountings
-#: (no functional calibration: the paper's "calibrated-orientation" baseline)
+#: (no functional calibration: the paper's "calibrated-orientation" baseline); "<net>_gyro" =
+#: that neural model with the gyro refinement (fusion.estimators.gyro_refine)
 MODEL_NAMES: tuple[str, ...] = (
     *NEURAL_NAMES,
+    "fusionnet_gyro",
+    "imunet_gyro",
     "classical",
     "classical_nominal",
     "classical_video",
 )
 _ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "classical_nominal": ("classical", {"mounting": "nominal"}),
+    "fusionnet_gyro": ("fusionnet", {"gyro_refine": True}),
+    "imunet_gyro": ("imunet", {"gyro_refine": True}),
 }
 MISPLACEMENT_DEG: tuple[float, ...] = (0.0, 10.0, 20.0, 30.0)
 JOINT_NOISE_MM: tuple[float, ...] = (12.0, 50.0, 75.0, 100.0)
@@ -253,6 +259,11 @@ def model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     except FileNotFoundError as e:
         raise ValueError(f"model {spec!r}: {e}") from None
     return label, {"estimator": cfg.kind, "weights": path}
+
+
+def is_neural(name: str) -> bool:
+    """Whether `name` (a model name or an alias here) is a neural model."""
+    return _ALIASES.get(name, (name, {}))[0] in NEURAL_NAMES
 
 
 def create_estimator(name: str, cameras: Sequence[Any] | None, **options: Any) -> Estimator:

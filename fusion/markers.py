@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fusion.angles import angles_from_rotations
+from fusion.orientation import best_rotation
 from fusion.skeleton import ANGLES, SEGMENT_INDEX, SEGMENTS, SIDES
 
 __all__ = [
@@ -114,14 +115,7 @@ def rigid_fit(ref: np.ndarray, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         raise ValueError(f"rigid_fit needs at least 3 markers, got {ref.shape[0]}")
     rc = ref.mean(0)
     cc = cur.mean(1)
-    H = np.einsum("ki,tkj->tij", ref - rc, cur - cc[:, None])
-    U, _, Vt = np.linalg.svd(H)
-    d = np.sign(np.linalg.det(np.einsum("tij,tjk->tik", U, Vt)))
-    D = np.zeros_like(H)
-    D[:, 0, 0] = 1.0
-    D[:, 1, 1] = 1.0
-    D[:, 2, 2] = d
-    R = np.einsum("tji,tjk,tlk->til", Vt, D, U)  # V D Uᵀ
+    R = best_rotation(np.einsum("tki,kj->tij", cur - cc[:, None], ref - rc))
     p = cc - np.einsum("tij,j->ti", R, rc)
     return R, p
 

@@ -79,6 +79,62 @@ def matrix_to_quat(R: np.ndarray) -> np.ndarray:
     return q.reshape(*R.shape[:-2], 4)
 
 
+def rotvec_to_matrix(v: np.ndarray) -> np.ndarray:
+    """Rotation vectors (..., 3) (axis × angle, rad) → rotation matrices (..., 3, 3).
+
+    Rodrigues' formula in plain NumPy, R = cos θ I + sinc θ [v]× + (1 − cos θ)/θ² v vᵀ:
+    scipy's Rotation costs ~100 µs a call in checks, and the gyro refinement calls this on
+    every tick."""
+    v = np.asarray(v, float)
+    th = np.sqrt(np.einsum("...i,...i->...", v, v))
+    big = th > 1e-6  # below: the series' first terms, exact in float64
+    a = np.divide(np.sin(th), th, out=np.ones_like(th), where=big)  # sin θ / θ
+    b = np.divide(1.0 - np.cos(th), th * th, out=np.full_like(th, 0.5), where=big)
+    x, y, z = (a * v[..., i] for i in range(3))
+    R = (b[..., None, None] * v[..., :, None]) * v[..., None, :]
+    R += np.cos(th)[..., None, None] * np.eye(3)
+    R[..., 0, 1] -= z
+    R[..., 0, 2] += y
+    R[..., 1, 0] += z
+    R[..., 1, 2] -= x
+    R[..., 2, 0] -= y
+    R[..., 2, 1] += x
+    return R
+
+
+def matrix_to_rotvec(R: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) → rotation vectors (..., 3), angle in [0, π].
+
+    Plain NumPy from the trace and the skew part; the few rotations within ~9° of π, where
+    that loses precision, go through scipy's quaternion path."""
+    R = np.asarray(R, float)
+    c = np.clip((R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2] - 1.0) * 0.5, -1.0, 1.0)
+    th = np.arccos(c)
+    w = np.stack(
+        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]],
+        -1,
+    )
+    small = th < 1e-4
+    f = np.where(small, 0.5 + th * th / 12.0, th / (2.0 * np.sin(np.where(small, 1.0, th))))
+    out = w * f[..., None]
+    near_pi = th > np.pi - 0.15
+    if near_pi.any():
+        from scipy.spatial.transform import Rotation
+
+        out[near_pi] = Rotation.from_matrix(R[near_pi]).as_rotvec()
+    return out
+
+
+def best_rotation(H: np.ndarray) -> np.ndarray:
+    """The rotation R (..., 3, 3) minimising Σ |R b − a|² given H = Σ a bᵀ (..., 3, 3): the
+    core of Kabsch's method, batched (a reflection is never returned)."""
+    U, _, Vt = np.linalg.svd(np.asarray(H, float))
+    d = np.sign(np.linalg.det(U @ Vt))
+    U = U.copy()
+    U[..., :, 2] *= d[..., None]
+    return U @ Vt
+
+
 def yaw_quat(angle: np.ndarray) -> np.ndarray:
     """Rotations about earth z by `angle` (rad) as quaternions (..., 4)."""
     a = np.asarray(angle, float) / 2.0

@@ -17,11 +17,12 @@ import torch
 
 from fusion.estimators import neural
 from fusion.estimators.base import SyncedBatch
+from fusion.estimators.gyro_refine import GyroRefineConfig, GyroRefiner
 from fusion.estimators.neural import NeuralEstimator, measure_speed
 from fusion.estimators.onnx_graph import cache_dir, export_graph, graph_key
 from fusion.estimators.registry import create
 from fusion.nn.checkpoint import save_model
-from fusion.nn.features import angles_from_output, normalise_inputs
+from fusion.nn.features import angles_from_output, normalise_inputs, rot6d_to_matrix
 from fusion.nn.models import ModelConfig, build_model
 from fusion.skeleton import ANGLES, KEYPOINTS, SEGMENT_INDEX, SEGMENTS
 
@@ -64,6 +65,21 @@ def stream(n: int, seed: int) -> SyncedBatch:
         keypoint_mask=np.zeros((n, 0), bool),
         joints3d=joints,
     )
+
+
+def smooth_stream(n: int, seed: int) -> SyncedBatch:
+    """`stream` with inputs that change slowly from tick to tick (gyros ~0.5 rad/s)."""
+    b = stream(n, seed)
+    rng = np.random.default_rng(seed)
+    wave = np.sin(
+        2 * np.pi * rng.uniform(0.5, 2.0, (1, 1, 6)) * b.t[:, None, None]
+        + rng.uniform(0, 6, (1, 1, 6))
+    )
+    b.imu[:] = 0.5 * wave * rng.standard_normal((1, len(SEGMENTS), 6)) + [0, 0, 0, 0, 0, 9.81]
+    b.joints3d[:] = b.joints3d[:1] + 0.02 * wave[..., :3][:, :1] * rng.standard_normal(
+        (1, len(KEYPOINTS), 3)
+    )
+    return b
 
 
 def run(est: NeuralEstimator, batches: dict[str, SyncedBatch], chunk: int = 3):
@@ -195,6 +211,58 @@ def test_bad_weight_files_name_the_file(tmp_path, model) -> None:
         NeuralEstimator("tiny", model=model, lookahead=0, backend="torch")
     with pytest.raises(ValueError, match="options are"):
         create("imunet", weights=str(bad), colour="red")
+
+
+#: the gyro refinement with almost no warm-up, so that a short random stream reaches it
+QUICK_REFINE = {"warm_s": 0.02, "span": 6}
+
+
+def test_the_gyro_refinement_gets_each_answers_own_gyro(model) -> None:
+    """With look-ahead L the answer of tick n describes tick n - L: the refinement must be
+    fed that tick's gyro, and its answers are GyroRefiner's on the model's own rotations,
+    however the stream is cut into calls and whoever else is in them."""
+    m, _cfg, _ = model
+    b = smooth_stream(40, 8)  # so that the model's answers and the gyros stay near each other
+    b.imu[20:23, SEGMENT_INDEX["thigh_r"]] = np.nan  # a gap the refinement must see
+    b.imu_mask[20:23, SEGMENT_INDEX["thigh_r"]] = False
+    make = lambda r: NeuralEstimator(  # noqa: E731
+        "tiny", model=model, backend="torch", device="cpu", gyro_refine=r
+    )
+    x = [
+        torch.from_numpy(v)[None]
+        for v in normalise_inputs(b.imu, b.imu_mask, b.joints3d, b.joints3d_mask)
+    ]
+    with torch.no_grad():
+        rot = rot6d_to_matrix(m(*x)["rot6d"][0].numpy())[LOOKAHEAD:].astype(np.float64)
+    n = len(rot)
+    gyro = np.where(b.imu_mask[:n, :, None], b.imu[:n, :, :3], np.nan)
+    ref = GyroRefiner(GyroRefineConfig(**QUICK_REFINE))
+    want = angles_from_output(
+        np.stack(
+            [ref.step(["s"], b.t[i : i + 1], rot[i : i + 1], gyro[i : i + 1])[0] for i in range(n)]
+        )
+    )
+    for chunk in (1, 7):
+        t, A = run(make(QUICK_REFINE), {"s": b, "other": stream(33, 9)}, chunk=chunk)["s"]
+        np.testing.assert_array_equal(t, b.t[:n])
+        np.testing.assert_allclose(A, want, atol=1e-2)  # degrees; float32 model sums
+    raw = run(make(False), {"s": b})["s"][1]
+    assert np.abs(raw - want).max() > 1.0  # the refinement did something here
+    assert make(False).info()["gyro_refine"] is None
+    assert make(QUICK_REFINE).info()["gyro_refine"]["warm_s"] == 0.02
+    with pytest.raises(ValueError, match="its settings are"):
+        make({"tau": 1.0})
+    with pytest.raises(ValueError, match="tau_s"):
+        make({"tau_s": -1.0})
+
+
+def test_the_gyro_refinement_is_asked_for_and_needs_imus() -> None:
+    plain = NeuralEstimator("tiny", model=tiny("imunet"), backend="torch", device="cpu")
+    assert plain.refiner is None and plain.info()["gyro_refine"] is None  # off by default
+    video = NeuralEstimator(
+        "tiny", model=tiny("videonet"), backend="torch", device="cpu", gyro_refine=True
+    )
+    assert video.refiner is None and video.info()["gyro_refine"] is None
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ import itertools
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ import numpy as np
 import torch
 
 from fusion.estimators.base import AnglesResult, Estimator, SyncedBatch
+from fusion.estimators.gyro_refine import GyroRefineConfig, GyroRefiner
 from fusion.estimators.onnx_graph import (
     OnnxStep,
     cache_dir,
@@ -95,6 +97,7 @@ class NeuralEstimator(Estimator):
         min_confidence: float = 0.1,
         outlier_px: float | None = 25.0,
         threads: int | None = None,
+        gyro_refine: bool | dict[str, Any] = False,
         name: str | None = None,
         model: Any = None,
         onnx_cache: bool = True,
@@ -134,6 +137,10 @@ class NeuralEstimator(Estimator):
         self._order: list[str] = []
         self._rows: dict[str, int] = {}  # subject -> its index in _order
         self._times: dict[str, np.ndarray] = {}  # last lookahead+1 tick times per subject
+        self._gyro: dict[str, np.ndarray] = {}  # last lookahead gyro rows per subject
+        #: the gyro refinement of the model's rotations (models that read IMUs; off: None).
+        #: Off unless asked for: on 4 subjects it adds ~0.5 ms to a tick (docs/evaluation.md)
+        self.refiner = _refiner(gyro_refine) if "imu" in self.modalities else None
         self._onnx: OnnxStep | None = None
         self.onnx_cache = bool(onnx_cache)
         #: where the ONNX graph came from: source cache|export, path, seconds (info())
@@ -269,6 +276,7 @@ class NeuralEstimator(Estimator):
             "backend_s": round(self.backend_s, 3),
             "onnx_graph": dict(self.onnx_graph),
             "modalities": sorted(self.modalities),
+            "gyro_refine": asdict(self.refiner.cfg) if self.refiner else None,
             "subjects": len(self._rows),
         }
 
@@ -289,9 +297,15 @@ class NeuralEstimator(Estimator):
             self._order.clear()
             self._rows.clear()
             self._times.clear()
+            self._gyro.clear()
+            if self.refiner:
+                self.refiner.reset()
             return
         row = self._rows.pop(subject, None)
         self._times.pop(subject, None)
+        self._gyro.pop(subject, None)
+        if self.refiner:
+            self.refiner.reset(subject)
         if row is not None:  # drop its row: the cache holds exactly the subjects in use
             del self._order[row]
             self._rows = {s: i for i, s in enumerate(self._order)}
@@ -334,19 +348,51 @@ class NeuralEstimator(Estimator):
             # frames described: new tick k (overall index n_old+k) describes t_all[n_old+k-L]
             first = max(0, L - n_old)
             self._times[s] = t_all[-(L + 1) :] if L else t_all[-1:]
+            gyro = self._described_gyro(s, batches[s], n_old, first) if self.refiner else None
             if n > first:
                 picks.append(np.arange(a + first, a + n))
-                spans.append((s, t_all[n_old + first - L : len(t_all) - L]))
+                spans.append((s, t_all[n_old + first - L : len(t_all) - L], gyro))
         if picks:
             sel = np.concatenate(picks)
-            ang = angles_from_output(rot if len(sel) == len(rot) else rot[sel])
+            r = rot if len(sel) == len(rot) else rot[sel]
+            ang = angles_from_output(self._refine(spans, r) if self.refiner else r)
             a = 0
-            for s, desc in spans:
+            for s, desc, _ in spans:
                 out[s] = AnglesResult(t=desc.copy(), angles=ang[a : a + len(desc)])
                 a += len(desc)
         return out
 
     # -- helpers -----------------------------------------------------------------------------
+    def _described_gyro(self, s: str, batch: SyncedBatch, n_old: int, first: int) -> np.ndarray:
+        """The gyro rows (rad/s, NaN where masked) of the ticks this call's answers describe
+        (`lookahead` ticks back), keeping the last `lookahead` rows for the next call."""
+        L = self.lookahead
+        new = np.where(np.asarray(batch.imu_mask, bool)[..., None], batch.imu[..., :3], np.nan)
+        g_all = np.concatenate([self._gyro.get(s, _NO_GYRO), new]) if L else new
+        if L:
+            self._gyro[s] = g_all[-L:]
+        return g_all[len(g_all) - len(new) + first - L : len(g_all) - L] if L else new[first:]
+
+    def _refine(self, spans: list[tuple[str, np.ndarray, Any]], rot6d: np.ndarray) -> np.ndarray:
+        """The answered frames' rotations through the gyro refinement, tick by tick (all
+        subjects that have a k-th answer in one step)."""
+        from fusion.nn.features import rot6d_to_matrix
+
+        assert self.refiner is not None
+        mats = rot6d_to_matrix(np.asarray(rot6d, np.float64))
+        counts = np.array([len(d) for _, d, _ in spans])
+        offs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        for k in range(int(counts.max(initial=0))):
+            act = np.flatnonzero(counts > k)
+            idx = offs[act] + k
+            mats[idx] = self.refiner.step(
+                [spans[i][0] for i in act],
+                np.array([spans[i][1][k] for i in act]),
+                mats[idx],
+                np.stack([spans[i][2][k] for i in act]),
+            )
+        return mats
+
     def _inputs(self, subjects: list[str], batches: dict[str, SyncedBatch]) -> list[np.ndarray]:
         """Normalised model inputs of every subject's frames, concatenated in `subjects` order
         (one normalisation and one triangulation for the whole call; both are per frame)."""
@@ -483,6 +529,25 @@ class NeuralEstimator(Estimator):
 
 
 _NO_TIMES = np.zeros(0)
+_NO_GYRO = np.zeros((0, len(SEGMENTS), 3))
+
+
+def _refiner(spec: bool | dict[str, Any] | None) -> GyroRefiner | None:
+    """The `gyro_refine` option → a refiner: True (the defaults), a dict of
+    GyroRefineConfig fields, or False / None (off)."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return GyroRefiner()
+    if not isinstance(spec, dict):
+        raise ValueError(f"gyro_refine={spec!r}: true, false or a mapping of its settings")
+    if "segments" in spec:  # a YAML list
+        spec = {**spec, "segments": tuple(spec["segments"])}
+    try:
+        return GyroRefiner(GyroRefineConfig(**spec))
+    except TypeError as e:
+        names = ", ".join(f.name for f in fields(GyroRefineConfig))
+        raise ValueError(f"gyro_refine: {e}; its settings are {names}") from None
 
 
 def _runs(cuts: np.ndarray) -> list[tuple[int, int]]:
@@ -589,7 +654,7 @@ def factory(kind: str):  # type: ignore[no-untyped-def]
         except TypeError as e:
             raise ValueError(
                 f"estimator {kind}: {e}; options are weights, device, backend, lookahead, "
-                "min_confidence, outlier_px, threads, onnx_cache"
+                "min_confidence, outlier_px, threads, gyro_refine, onnx_cache"
             ) from e
 
     return make

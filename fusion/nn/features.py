@@ -139,9 +139,17 @@ def heading_free_rotations(rotations: np.ndarray, heading: np.ndarray) -> np.nda
 def rot6d_to_matrix(r6: Any) -> Any:
     """6-D rotation (Zhou et al. 2019: the first two columns) (..., 6) → matrices (..., 3, 3).
 
-    Gram-Schmidt on the two columns; numpy or torch (differentiable)."""
+    Gram-Schmidt on the two columns; numpy (in the input's float type: the live estimator
+    calls it every tick, where torch's per-op cost showed) or torch (differentiable)."""
     if not _is_torch(r6):
-        return rot6d_to_matrix(torch.as_tensor(np.asarray(r6, np.float32))).numpy()
+        r6 = np.asarray(r6)
+        r6 = r6 if r6.dtype in (np.float32, np.float64) else r6.astype(np.float32)
+        a1, a2 = r6[..., 0:3], r6[..., 3:6]
+        tiny = r6.dtype.type(1e-8)
+        b1 = a1 / np.maximum(np.sqrt(np.einsum("...i,...i->...", a1, a1)), tiny)[..., None]
+        a2 = a2 - np.einsum("...i,...i->...", b1, a2)[..., None] * b1
+        b2 = a2 / np.maximum(np.sqrt(np.einsum("...i,...i->...", a2, a2)), tiny)[..., None]
+        return np.stack([b1, b2, np.cross(b1, b2)], axis=-1)
     a1, a2 = r6[..., 0:3], r6[..., 3:6]
     b1 = a1 / torch.linalg.vector_norm(a1, dim=-1, keepdim=True).clamp_min(1e-8)
     a2 = a2 - (b1 * a2).sum(-1, keepdim=True) * b1

@@ -121,7 +121,7 @@ def _speed(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.evaluation import MODEL_NAMES, NEURAL_NAMES, EvalPlan, evaluate, plot_noise
+    from fusion.evaluation import MODEL_NAMES, EvalPlan, evaluate, is_neural, plot_noise
 
     if args.workers < 1:
         print("gait-stream evaluate: --workers must be >= 1", file=sys.stderr)
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     options = {
         m.split("=", 1)[0].strip(): {"backend": args.backend}
         for m in models
-        if m in NEURAL_NAMES or "=" in m
+        if "=" in m or is_neural(m)
     }
     bar = None
     if not args.no_progress:
