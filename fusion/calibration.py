@@ -47,6 +47,7 @@ rotation, foot progression) suffer first.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -174,8 +175,12 @@ class CalibrationConfig:
     standing_pose: str = "typical"  # the assumed calibration stance (standing_pose_dofs)
     min_velocity_fit: float = 0.5  # share of a trunk sensor's velocity its anchors explain
     #: the walk must show a stride period (fusion.calibration.stride_period) in the thigh or
-    #: shank rate; without one the whole capture is rejected (not a walk)
+    #: shank rate, and the legs must not move together (`max_bilateral_correlation`); without
+    #: that the whole capture is rejected (not a walk)
     require_stride: bool = True
+    #: largest correlation of the left and right thighs' (else shanks') flexion rates in a
+    #: walk: walking alternates the legs (negative), sit-to-stand and squats move them as one
+    max_bilateral_correlation: float = 0.3
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -454,6 +459,8 @@ def calibrate(
         if seg not in sign and ok[idx[seg]]:
             drop(seg, notes.get(seg, "not calibrated"))
 
+    if cfg.require_stride:
+        _reject_legs_together(rate, sign, cfg.max_bilateral_correlation, ok, notes, drop)
     # -- pelvis, sternum, head: filter heading from the common walking velocity --------------
     legs = [rate[k] for k in ("thigh_l", "thigh_r", "shank_l", "shank_r") if k in sign]
     period = stride_period(legs[0], dt) if legs else float("nan")
@@ -506,6 +513,39 @@ def calibrate(
         ok=ok,
         notes=notes,
     )
+
+
+def _reject_legs_together(
+    rate: dict[str, np.ndarray],
+    sign: dict[str, float],
+    most: float,
+    ok: np.ndarray,
+    notes: dict[str, str],
+    drop: Callable[[str, str], None],
+) -> None:
+    """Drop every sensor when the left and right legs flex in step. A walk alternates them;
+    a capture of sit-to-stand or squats has periodic, sagittal leg rates as a walk has, and a
+    thigh calibrated on it reads hip flexion some 70° off (the evaluation's sit_to_stand and
+    squat clips: 39-42° lower-limb RMSE before this rule)."""
+    pair = next(
+        ((f"{p}_l", f"{p}_r") for p in ("thigh", "shank") if f"{p}_l" in sign and f"{p}_r" in sign),
+        None,
+    )
+    if pair is None:
+        return
+    a, b = (sign[seg] * rate[seg] for seg in pair)
+    both = np.isfinite(a) & np.isfinite(b)
+    if both.sum() < 3:
+        return
+    c = float(np.corrcoef(a[both], b[both])[0, 1])
+    if c > most:
+        why = f"the legs move together ({pair[0][:-2]} rates correlate {c:+.2f}): not walking"
+        for seg in SEGMENTS:
+            if ok[SEGMENT_INDEX[seg]]:
+                drop(seg, why)
+        return
+    for seg in pair:
+        notes[seg] += f", left-right {c:+.2f}"
 
 
 def _yaw_matrix(a: float) -> np.ndarray:

@@ -107,6 +107,9 @@ def test_report_names_the_estimator_its_backend_and_model_time(
     out = capsys.readouterr().out
     assert "estimator fusionnet (onnx)" in out
     assert "model time per call: p50 2.50 ms, p99 7.25 ms; per tick p50 2.50 ms, p99 3.50" in out
+    assert "gyro refinement" not in out
+    _report({**res, "estimator_info": {"backend": "onnx", "gyro_refine": {"tau_s": 0.5}}}, False)
+    assert "estimator fusionnet (onnx) with the gyro refinement" in capsys.readouterr().out
     _report({**res, "estimator": "classical", "estimator_info": {"backend": None}}, False)
     out = capsys.readouterr().out
     assert "estimator classical\n" in out and "model time" not in out

@@ -13,8 +13,9 @@ This is the reference the neural estimators must beat (Shin et al. compare IMUNe
    walk has been captured the live filters already hold what a replay of the walk without
    bias would give: no replay, and the calibration tick costs a few ms (closed-form
    estimates and one vectorised strapdown). A walk that is not periodic (no stride found:
-   sitting down, standing up, shuffling) or after which the pelvis cannot be calibrated is
-   rejected: the estimator waits for the next stand + walk. After calibration every later
+   sitting down, standing up, shuffling), whose legs move together (repeated sit-to-stand,
+   squats) or after which the pelvis cannot be calibrated is rejected: the estimator waits
+   for the next stand + walk. After calibration every later
    stand refines the bias (`bias_memory_s`): one short stand leaves the bias about the
    vertical off by the gyro noise, a heading drift that nothing else corrects. And a stand
    in the calibration posture resets each leg segment's heading relative to the pelvis to

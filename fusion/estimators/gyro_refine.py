@@ -20,10 +20,13 @@ What the filter needs to know it learns from the model, never from a calibration
   keeps asking for, turned into the sensor frame.
 Until a sensor has `warm_s` of fitted turns its segment is the model's answer unchanged; a gap
 in its samples (or the pelvis's), a tick interval over `max_gap_s`, or a disagreement over
-`reset_deg` puts the segment back on the model's answer (the fit and the bias are kept).
+`reset_deg` puts the segment back on the model's answer (the fit and the bias are kept). Only
+the `segments` (the legs) are refined, and none while the subject turns (`_span_end`).
 
 Vectorised over subjects × segments, one step per tick: `GyroRefiner.step` takes the ticks of
-any set of subjects, each subject's ticks in time order.
+any set of subjects, each subject's ticks in time order. It costs ~0.2 ms a tick for 4
+subjects on its own, ~0.5 ms inside the live estimator's call, which is why `NeuralEstimator`
+runs it only when asked (`gyro_refine`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ _EYE = np.eye(3)
 _PRIOR = 1e-3 * np.eye(3)
 #: a subject turning faster than this (rad/s about the vertical, low-passed over _TURN_TAU_S
 #: so that the pelvis's ±5° swing with each stride stays below it) adds nothing to the fits
+#: and has no segment refined
 _TURNING = np.radians(15.0)
 _TURN_TAU_S = 0.5
 _MIN_TURN = np.radians(2.0)  # rad over `span` ticks: slower turns do not fit a mounting

@@ -153,8 +153,9 @@ class Inference(Stage):
                 return
 
     def info(self) -> dict[str, Any]:
-        """What runs here; a neural estimator adds its back-end (torch/onnx), thread count and
-        where its ONNX graph came from (cache or export, with the seconds it took)."""
+        """What runs here; a neural estimator adds its back-end (torch/onnx), thread count,
+        where its ONNX graph came from (cache or export, with the seconds it took) and its gyro
+        refinement's settings."""
         detail = getattr(self.est, "info", None)
         est = detail() if callable(detail) else {}
         graph = est.get("onnx_graph") or {}
@@ -168,6 +169,7 @@ class Inference(Stage):
             "lookahead": int(getattr(self.est, "lookahead", 0)),
             "lookahead_s": self.lookahead_s,
             "modalities": sorted(getattr(self.est, "modalities", ())),
+            "gyro_refine": est.get("gyro_refine"),  # its settings, None when off
             "node": self.node,
             "ip": self.ip,
         }

@@ -425,7 +425,15 @@ def run_bench(
         processes = _processes(pipe)
         lookahead_s = float(pipe.info["estimator"].get("lookahead_s", 0.0))
         estimator = pipe.info["estimator"].get("estimator")
-        est_keys = ("backend", "device", "threads", "lookahead", "start_s", "onnx_graph")
+        est_keys = (
+            "backend",
+            "device",
+            "threads",
+            "lookahead",
+            "start_s",
+            "onnx_graph",
+            "gyro_refine",
+        )
         estimator_info = {k: pipe.info["estimator"].get(k) for k in est_keys}
         load = os.getloadavg()
     finally:
@@ -626,10 +634,12 @@ def _report(res: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(res))
         return
     lat, la = res["latency_ms"], res["lookahead_ms"]
-    backend = (res.get("estimator_info") or {}).get("backend")
+    info = res.get("estimator_info") or {}
+    backend = info.get("backend")
     print(
         f"subjects {res['subjects']}, {res['seconds']:g} s measured, estimator {res['estimator']}"
         + (f" ({backend})" if backend else "")
+        + (" with the gyro refinement" if info.get("gyro_refine") else "")
     )
     est_ms = (res.get("estimator_ms") or {}).get(res["estimator"]) or {}
     if est_ms:
