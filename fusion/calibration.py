@@ -526,7 +526,7 @@ def _reject_legs_together(
     """Drop every sensor when the left and right legs flex in step. A walk alternates them;
     a capture of sit-to-stand or squats has periodic, sagittal leg rates as a walk has, and a
     thigh calibrated on it reads hip flexion some 70° off (the evaluation's sit_to_stand and
-    squat clips: 39-42° lower-limb RMSE before this rule)."""
+    squat clips: 39° and 41° lower-limb RMSE before this rule)."""
     pair = next(
         ((f"{p}_l", f"{p}_r") for p in ("thigh", "shank") if f"{p}_l" in sign and f"{p}_r" in sign),
         None,
