@@ -47,7 +47,6 @@ rotation, foot progression) suffer first.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -386,6 +385,12 @@ def calibrate(
         ok[idx[seg]] = False
         notes[seg] = why
 
+    def reject(why: str) -> None:
+        """Not a walk: nothing from this capture is trusted."""
+        for seg in SEGMENTS:
+            if ok[idx[seg]]:
+                drop(seg, why)
+
     # -- limbs: flexion axis, sign, mounting, filter heading -----------------------------------
     axes, ratio, rms = flexion_axes(wg, z)
     rate: dict[str, np.ndarray] = {}
@@ -459,8 +464,10 @@ def calibrate(
         if seg not in sign and ok[idx[seg]]:
             drop(seg, notes.get(seg, "not calibrated"))
 
-    if cfg.require_stride:
-        _reject_legs_together(rate, sign, cfg.max_bilateral_correlation, ok, notes, drop)
+    if cfg.require_stride and (
+        why := _legs_together(rate, sign, cfg.max_bilateral_correlation, notes)
+    ):
+        reject(why)
     # -- pelvis, sternum, head: filter heading from the common walking velocity --------------
     legs = [rate[k] for k in ("thigh_l", "thigh_r", "shank_l", "shank_r") if k in sign]
     period = stride_period(legs[0], dt) if legs else float("nan")
@@ -468,10 +475,7 @@ def calibrate(
         # sitting down, standing up, a shuffle: sagittal leg rotation without a gait cycle
         # gives flexion axes, but the stance assumptions and the common walking velocity do
         # not hold; nothing from this capture is trusted
-        why = "no stride in the walk (leg rates not periodic at 0.6–2.2 s): not walking"
-        for seg in SEGMENTS:
-            if ok[idx[seg]]:
-                drop(seg, why)
+        reject("no stride in the walk (leg rates not periodic at 0.6–2.2 s): not walking")
     anchors: tuple[str, ...] = ()
     for group in ANCHORS:
         anchors = tuple(a for a in group if a in sign)
@@ -515,37 +519,30 @@ def calibrate(
     )
 
 
-def _reject_legs_together(
-    rate: dict[str, np.ndarray],
-    sign: dict[str, float],
-    most: float,
-    ok: np.ndarray,
-    notes: dict[str, str],
-    drop: Callable[[str, str], None],
-) -> None:
-    """Drop every sensor when the left and right legs flex in step. A walk alternates them;
-    a capture of sit-to-stand or squats has periodic, sagittal leg rates as a walk has, and a
-    thigh calibrated on it reads hip flexion some 70° off (the evaluation's sit_to_stand and
-    squat clips: 39° and 41° lower-limb RMSE before this rule)."""
+def _legs_together(
+    rate: dict[str, np.ndarray], sign: dict[str, float], most: float, notes: dict[str, str]
+) -> str | None:
+    """Why the capture is not a walk if the left and right legs flex in step (their rates'
+    correlation over `most`), else None (the correlation goes into the legs' notes). A walk
+    alternates them; a capture of sit-to-stand or squats has periodic, sagittal leg rates as
+    a walk has, and a thigh calibrated on it reads hip flexion some 70° off (the evaluation's
+    sit_to_stand and squat clips: 39° and 41° lower-limb RMSE before this rule)."""
     pair = next(
         ((f"{p}_l", f"{p}_r") for p in ("thigh", "shank") if f"{p}_l" in sign and f"{p}_r" in sign),
         None,
     )
     if pair is None:
-        return
+        return None
     a, b = (sign[seg] * rate[seg] for seg in pair)
     both = np.isfinite(a) & np.isfinite(b)
     if both.sum() < 3:
-        return
+        return None
     c = float(np.corrcoef(a[both], b[both])[0, 1])
     if c > most:
-        why = f"the legs move together ({pair[0][:-2]} rates correlate {c:+.2f}): not walking"
-        for seg in SEGMENTS:
-            if ok[SEGMENT_INDEX[seg]]:
-                drop(seg, why)
-        return
+        return f"the legs move together ({pair[0][:-2]} rates correlate {c:+.2f}): not walking"
     for seg in pair:
         notes[seg] += f", left-right {c:+.2f}"
+    return None
 
 
 def _yaw_matrix(a: float) -> np.ndarray:

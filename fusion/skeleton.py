@@ -159,6 +159,8 @@ ANGLE_INDEX = {name: i for i, name in enumerate(ANGLES)}
 LOWER_LIMB_ANGLES = tuple(a for a in ANGLES if a.startswith(("hip_", "knee_", "ankle_", "foot_")))
 UPPER_LIMB_ANGLES = tuple(a for a in ANGLES if a.startswith(("shoulder_", "elbow_")))
 TRUNK_PELVIS_ANGLES = tuple(a for a in ANGLES if a.startswith(("pelvis_", "trunk_")))
+#: the segments of the legs (thighs, shanks, feet), in SEGMENTS order
+LEG_SEGMENTS = tuple(s for s in SEGMENTS if s.startswith(("thigh_", "shank_", "foot_")))
 
 #: IMU channel layout per sensor (contract default): gyro rad/s then specific force m/s².
 IMU_CHANNELS: tuple[str, ...] = ("gyr_x", "gyr_y", "gyr_z", "acc_x", "acc_y", "acc_z")

@@ -8,11 +8,11 @@ import pytest
 from scipy.ndimage import gaussian_filter1d
 
 from fusion.angles import relative_rotation
-from fusion.estimators.gyro_refine import LEG_SEGMENTS, GyroRefineConfig, GyroRefiner
+from fusion.estimators.gyro_refine import GyroRefineConfig, GyroRefiner
 from fusion.evaluation import GROUPS
 from fusion.nn.features import angles_from_output, heading_free_rotations
 from fusion.orientation import matrix_to_rotvec, rotvec_to_matrix
-from fusion.skeleton import ANGLE_INDEX, SEGMENT_INDEX, SEGMENTS
+from fusion.skeleton import ANGLE_INDEX, LEG_SEGMENTS, SEGMENT_INDEX, SEGMENTS
 from fusion.synth import SequenceParams, generate_sequence
 
 LOWER = [ANGLE_INDEX[a] for a in GROUPS["lower"]]

@@ -72,7 +72,7 @@ from fusion.calibration import (
 from fusion.estimators.base import AnglesResult, Estimator, SyncedBatch
 from fusion.estimators.heading import HeadingLowpass, heading_step_many
 from fusion.orientation import FilterConfig, OrientationFilter, quat_to_matrix
-from fusion.skeleton import ANGLES, GRAVITY, SEGMENT_INDEX, SEGMENTS
+from fusion.skeleton import ANGLES, GRAVITY, LEG_SEGMENTS, SEGMENT_INDEX, SEGMENTS
 
 
 # -- angles from segment rotations, vectorised --------------------------------------------------
@@ -217,12 +217,10 @@ class ClassicalImuConfig:
 
 
 #: sensors whose stillness means "standing": trunk and legs
-_STILL_JUDGES = np.array(
-    [s in ("pelvis", "sternum") or s.startswith(("thigh", "shank", "foot")) for s in SEGMENTS]
-)
+_STILL_JUDGES = np.isin(SEGMENTS, ("pelvis", "sternum", *LEG_SEGMENTS))
 
 #: segments whose heading a stand in the calibration posture resets (`stand_heading_deg`)
-_STAND_HEADING = np.array([s.startswith(("thigh", "shank", "foot")) for s in SEGMENTS])
+_STAND_HEADING = np.isin(SEGMENTS, LEG_SEGMENTS)
 
 #: reference segments for re-acquiring a lost sensor's heading
 _REFERENCE = {s: ("pelvis",) for s in SEGMENTS}

@@ -36,13 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion.orientation import best_rotation, matrix_to_rotvec, rotvec_to_matrix
-from fusion.skeleton import SEGMENT_INDEX, SEGMENTS
+from fusion.skeleton import LEG_SEGMENTS, SEGMENT_INDEX, SEGMENTS
 
-__all__ = ["LEG_SEGMENTS", "GyroRefineConfig", "GyroRefiner"]
+__all__ = ["GyroRefineConfig", "GyroRefiner"]
 
-LEG_SEGMENTS: tuple[str, ...] = tuple(
-    f"{part}_{side}" for part in ("thigh", "shank", "foot") for side in "lr"
-)
 _P = SEGMENT_INDEX["pelvis"]
 _EYE = np.eye(3)
 #: the nominal mounting (sensor axes = segment axes) as a prior worth a few small turns: it

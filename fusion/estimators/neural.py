@@ -137,7 +137,7 @@ class NeuralEstimator(Estimator):
         self._order: list[str] = []
         self._rows: dict[str, int] = {}  # subject -> its index in _order
         self._times: dict[str, np.ndarray] = {}  # last lookahead+1 tick times per subject
-        self._gyro: dict[str, np.ndarray] = {}  # last lookahead gyro rows per subject
+        self._gyro: dict[str, np.ndarray] = {}  # their gyro rows, when refining
         #: the gyro refinement of the model's rotations (models that read IMUs; off: None).
         #: Off unless asked for: on 4 subjects it adds ~0.5 ms to a tick (docs/evaluation.md)
         self.refiner = _refiner(gyro_refine) if "imu" in self.modalities else None
@@ -343,15 +343,19 @@ class NeuralEstimator(Estimator):
         picks, spans = [], []
         L = self.lookahead
         for s, n, a in zip(subjects, lens, start, strict=True):
-            t_all = np.concatenate([self._times.get(s, _NO_TIMES), np.asarray(batches[s].t, float)])
+            b = batches[s]
+            t_all = _extend(self._times, s, np.asarray(b.t, float), L + 1)
             n_old = len(t_all) - n
             # frames described: new tick k (overall index n_old+k) describes t_all[n_old+k-L]
             first = max(0, L - n_old)
-            self._times[s] = t_all[-(L + 1) :] if L else t_all[-1:]
-            gyro = self._described_gyro(s, batches[s], n_old, first) if self.refiner else None
+            described = slice(n_old + first - L, len(t_all) - L)
+            gyro = None
+            if self.refiner:  # the described ticks' gyro rows, NaN where masked
+                rows = np.where(np.asarray(b.imu_mask, bool)[..., None], b.imu[..., :3], np.nan)
+                gyro = _extend(self._gyro, s, rows, L + 1)[described]
             if n > first:
                 picks.append(np.arange(a + first, a + n))
-                spans.append((s, t_all[n_old + first - L : len(t_all) - L], gyro))
+                spans.append((s, t_all[described], gyro))
         if picks:
             sel = np.concatenate(picks)
             r = rot if len(sel) == len(rot) else rot[sel]
@@ -363,16 +367,6 @@ class NeuralEstimator(Estimator):
         return out
 
     # -- helpers -----------------------------------------------------------------------------
-    def _described_gyro(self, s: str, batch: SyncedBatch, n_old: int, first: int) -> np.ndarray:
-        """The gyro rows (rad/s, NaN where masked) of the ticks this call's answers describe
-        (`lookahead` ticks back), keeping the last `lookahead` rows for the next call."""
-        L = self.lookahead
-        new = np.where(np.asarray(batch.imu_mask, bool)[..., None], batch.imu[..., :3], np.nan)
-        g_all = np.concatenate([self._gyro.get(s, _NO_GYRO), new]) if L else new
-        if L:
-            self._gyro[s] = g_all[-L:]
-        return g_all[len(g_all) - len(new) + first - L : len(g_all) - L] if L else new[first:]
-
     def _refine(self, spans: list[tuple[str, np.ndarray, Any]], rot6d: np.ndarray) -> np.ndarray:
         """The answered frames' rotations through the gyro refinement, tick by tick (all
         subjects that have a k-th answer in one step)."""
@@ -528,8 +522,12 @@ class NeuralEstimator(Estimator):
         )
 
 
-_NO_TIMES = np.zeros(0)
-_NO_GYRO = np.zeros((0, len(SEGMENTS), 3))
+def _extend(store: dict[str, np.ndarray], subject: str, new: np.ndarray, keep: int) -> np.ndarray:
+    """The subject's remembered rows followed by `new`; the last `keep` are remembered."""
+    old = store.get(subject)
+    rows = new if old is None else np.concatenate([old, new])
+    store[subject] = rows[-keep:]
+    return rows
 
 
 def _refiner(spec: bool | dict[str, Any] | None) -> GyroRefiner | None:
