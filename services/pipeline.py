@@ -116,10 +116,16 @@ class Pipeline:
 
 
 def _check_port(host: str, port: int, what: str) -> None:
-    """Fail early, in words, when a port the pipeline must bind is taken."""
+    """Fail early, in words, when a port the pipeline must bind is taken.
+
+    SO_REUSEADDR like the servers that will bind it (prometheus_client, ZeroMQ): a connection
+    of the last run, a Prometheus scrape say, waits out TIME_WAIT for a minute and must not
+    block a restart; a port something still listens on is refused all the same.
+    """
     if port == 0:
         return
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
