@@ -145,7 +145,7 @@ class SyncConfig:
     peer_wait_ms: float = 4.0
     wait_for: list[str] = field(default_factory=lambda: ["imu"])  # watermark modalities
     imu_max_gap_ms: float = 30.0  # widest IMU gap interpolated across
-    video_tolerance_ms: float = 25.0  # nearest keypoint frame accepted for a tick
+    video_tolerance_ms: float = 60.0  # nearest keypoint frame accepted for a tick
     stale_after_ms: float = 250.0  # a stream silent this long stops holding the watermark
     clock_jump_s: float = 1.0  # timestamps this far from arrival: re-anchor the stream
     dejitter: bool = True  # online dejitter of regular-rate IMU streams (fusion.dejitter)

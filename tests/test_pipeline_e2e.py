@@ -5,7 +5,8 @@ The pipeline runs in its own process with its own Ray (as a user would start it)
 whose stream names, source ids and ports are unique to this test run. Checked:
 - the angles stream: type JointAngles, one channel per fusion.skeleton.ANGLES with its label;
 - rate: consecutive samples are exactly one model tick apart and arrive at ~60 Hz;
-- the Prometheus endpoint serves the gait_stream_ latency histograms with data;
+- the Prometheus endpoint serves the gait_stream_ latency histograms with data, and few ticks
+  went out with a camera masked;
 - the angles track the ground truth: the default estimator (FusionNet; on the CPU its ONNX
   graph comes from the session's cache, exported once by the `fusionnet_onnx` fixture) states
   angles from its first ticks; the RMSE of the lower-limb sagittal angles against the
@@ -181,6 +182,17 @@ def test_start_serves_angles_metrics_and_tracks_truth(tmp_path: Path, fusionnet_
         r'gait_stream_input_samples_total\{kind="imu",stream="\S+",subject="s0"\}', metrics_text
     )
     assert "gait_stream_subjects_running 1.0" in metrics_text
+    # the cameras' frames reach the ticks: a 30 fps camera's newest frame arrives 8-52 ms
+    # after the tick it serves, and at a 25 ms tolerance 98 % of the ticks lacked a camera
+    counts = {
+        what: float(re.search(rf"{what}\{{{labels}\}} (\S+)", metrics_text).group(1))
+        for what, labels in (
+            ("gait_stream_masked_total", 'modality="video",subject="s0"'),
+            ("gait_stream_output_samples_total", 'output="angles",subject="s0"'),
+        )
+    }
+    masked_share = counts["gait_stream_masked_total"] / counts["gait_stream_output_samples_total"]
+    assert masked_share < 0.1, f"{masked_share:.0%} of the ticks had a camera masked"
     for series in ("estimator_seconds", "estimator_tick_seconds"):  # per call and per tick
         m = re.search(rf'gait_stream_{series}_count\{{estimator="fusionnet"\}} (\S+)', metrics_text)
         assert m and float(m.group(1)) > 0, f"no gait_stream_{series} for fusionnet"
