@@ -24,6 +24,9 @@ __all__ = ["METRICS", "Metrics", "MetricsBuffer", "percentiles"]
 
 log = logging.getLogger(__name__)
 
+RATE_WINDOW_S = 2.0  # snapshot()["rates"]: per second over this much of the latest reports
+RATE_KEEP_S = 10.0  # counter history kept for them
+
 LATENCY_BUCKETS = (
     0.001,
     0.002,
@@ -169,12 +172,19 @@ class MetricsBuffer:
             self._obs[(metric, labels)].extend(arr.tolist())
 
     def take(self) -> dict[str, Any] | None:
-        """Everything buffered (and clear), or None when empty."""
+        """Everything buffered (and clear), or None when empty; stamped with this process's
+        monotonic time. A counter once counted is sent again at 0: the metrics actor's rates
+        then fall to 0 when its source stops, instead of holding the last value."""
         with self._lock:
             if not (self._inc or self._set or self._obs):
                 return None
-            out = {"inc": dict(self._inc), "set": dict(self._set), "obs": dict(self._obs)}
-            self._inc = defaultdict(float)
+            out = {
+                "inc": dict(self._inc),
+                "set": dict(self._set),
+                "obs": dict(self._obs),
+                "t": time.monotonic(),
+            }
+            self._inc = defaultdict(float, dict.fromkeys(self._inc, 0.0))
             self._set = {}
             self._obs = defaultdict(list)
         return out
@@ -208,6 +218,9 @@ class Metrics:
         self._totals: dict[str, dict[tuple[str, ...], float]] = defaultdict(dict)
         self._gauges: dict[str, dict[tuple[str, ...], float]] = defaultdict(dict)
         self._raw: dict[tuple[str, tuple[str, ...]], deque[tuple[float, np.ndarray]]] = {}
+        # (sender, counter, labels) -> (arrival, sender's time, sender's running total): rates
+        self._counts: dict[tuple[str, str, tuple[str, ...]], deque[tuple[float, float, float]]]
+        self._counts = {}
         self._keep_s = keep_s
         self._lock = threading.Lock()
         self._server = None
@@ -244,12 +257,14 @@ class Metrics:
 
     def report(self, payload: dict[str, Any]) -> None:
         now = time.monotonic()
+        sender, sent = payload.get("sender", ""), payload.get("t", now)
         with self._lock:
             for (key, labels), n in payload.get("inc", {}).items():
                 metric = self._m[key]
                 (metric.labels(*labels) if labels else metric).inc(n)
                 tot = self._totals[key]
                 tot[labels] = tot.get(labels, 0.0) + n
+                self._count(sender, key, labels, now, sent, n)
             for (key, labels), value in payload.get("set", {}).items():
                 metric = self._m[key]
                 (metric.labels(*labels) if labels else metric).set(value)
@@ -263,6 +278,37 @@ class Metrics:
                 dq.append((now, np.asarray(values, dtype=np.float64)))
                 while dq and now - dq[0][0] > self._keep_s:
                     dq.popleft()
+
+    def _count(
+        self, sender: str, key: str, labels: tuple[str, ...], now: float, sent: float, n: float
+    ) -> None:
+        dq = self._counts.setdefault((sender, key, labels), deque())
+        dq.append((now, sent, (dq[-1][2] if dq else 0.0) + n))
+        while now - dq[0][0] > RATE_KEEP_S:
+            dq.popleft()
+
+    def _rates(self, now: float) -> dict[str, dict[str, float]]:
+        """Per second over the last RATE_WINDOW_S of reports, on each sender's own clock.
+
+        Why not the live view differencing totals once a second: stages report every
+        flush_ms (500), so a 1 s difference held one or three half-seconds of counts and the
+        output rate read 30 or 90 Hz for a steady 60. Between two reports of one sender the
+        count is exact and so is its time span. A sender silent for a window reads 0.
+        """
+        out: dict[str, dict[str, float]] = defaultdict(dict)
+        for (_, key, labels), dq in self._counts.items():
+            name = "|".join(labels)
+            start = now - RATE_WINDOW_S
+            recent = [p for p in dq if p[0] >= start]
+            if not recent or now - recent[-1][0] > RATE_WINDOW_S:
+                rate = 0.0
+            else:
+                before = [p for p in dq if p[0] < start]
+                base, end = (before[-1] if before else recent[0]), recent[-1]
+                span = end[1] - base[1]
+                rate = (end[2] - base[2]) / span if span > 0 else 0.0
+            out[key][name] = out[key].get(name, 0.0) + rate
+        return dict(out)
 
     def _window(self, key: str, since: float | None) -> dict[tuple[str, ...], np.ndarray]:
         out = {}
@@ -287,6 +333,7 @@ class Metrics:
                 "totals": {
                     k: {"|".join(lab): v for lab, v in d.items()} for k, d in self._totals.items()
                 },
+                "rates": self._rates(time.monotonic()),
                 "gauges": {
                     k: {"|".join(lab): v for lab, v in d.items()} for k, d in self._gauges.items()
                 },

@@ -346,6 +346,8 @@ class Stage:
         self._last_flush = now
         self.buf.set("queue_depth", (self.stage,), len(self._inbox))
         payload = self.buf.take()
+        if payload:
+            payload["sender"] = self.incarnation  # rates are taken on each sender's own clock
         if payload and self.metrics is not None:
             try:
                 self.metrics.report.remote(payload)

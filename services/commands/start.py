@@ -43,12 +43,11 @@ def _sum(table: dict[str, float], pred: Any = None) -> float:
 
 
 class LiveView:
-    """One line per second: rates from counter deltas, latency over the last 5 s."""
+    """One line per second: rates over the last 2 s of reports, latency over the last 5 s."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.tty = out.isatty()
-        self.prev: tuple[float, dict[str, float]] | None = None
         self.t0 = time.monotonic()
 
     def ready(self, pipe: Any) -> None:
@@ -76,16 +75,12 @@ class LiveView:
             return
         totals = snap.get("totals", {})
         now = time.monotonic()
-        cur = {
-            "imu": _sum(totals.get("input", {}), lambda k: k[-1] == "imu"),
-            "kp": _sum(totals.get("input", {}), lambda k: k[-1] == "keypoints"),
-            "angles": _sum(totals.get("output", {}), lambda k: k[-1] == "angles"),
+        per_s = snap.get("rates", {})
+        rates = {
+            "imu": _sum(per_s.get("input", {}), lambda k: k[-1] == "imu"),
+            "kp": _sum(per_s.get("input", {}), lambda k: k[-1] == "keypoints"),
+            "angles": _sum(per_s.get("output", {}), lambda k: k[-1] == "angles"),
         }
-        rates = {k: 0.0 for k in cur}
-        if self.prev is not None:
-            dt = max(1e-3, now - self.prev[0])
-            rates = {k: (cur[k] - self.prev[1][k]) / dt for k in cur}
-        self.prev = (now, cur)
         n_sub = max(1, len(pipe.info.get("subjects", [])))
         lat = snap.get("latency_ms", {}).get("end_to_end", {})
         gauges = snap.get("gauges", {}).get("angle", {})
