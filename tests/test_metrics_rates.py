@@ -59,10 +59,10 @@ class _Pipe:
         self.info = {"subjects": ["s0"]}
 
 
-def test_live_view_prints_the_snapshots_rates() -> None:
+def test_live_view_prints_the_snapshots_rates_and_masked_ticks_by_modality() -> None:
     out = io.StringIO()
     snap = {
-        "totals": {"output": {"s0|angles": 1234.0}},
+        "totals": {"output": {"s0|angles": 1234.0}, "masked": {"s0|imu": 7.0, "s0|video": 2.0}},
         "rates": {
             "output": {"s0|angles": 60.0},
             "input": {"s0|sim-s0-head|imu": 100.0, "s0|s0-cam0|keypoints": 30.0},
@@ -71,3 +71,4 @@ def test_live_view_prints_the_snapshots_rates() -> None:
     LiveView(out).update(_Pipe(), snap)
     line = out.getvalue()
     assert "in imu    100/s kp   30/s | out  60.0 Hz x1" in line, line
+    assert "masked imu 7 video 2 late 0" in line, line

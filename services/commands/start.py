@@ -83,6 +83,7 @@ class LiveView:
         }
         n_sub = max(1, len(pipe.info.get("subjects", [])))
         lat = snap.get("latency_ms", {}).get("end_to_end", {})
+        masked = totals.get("masked", {})  # ticks, by subject|modality
         gauges = snap.get("gauges", {}).get("angle", {})
         first = pipe.info.get("subjects", ["s0"])[0]
         angles = " ".join(
@@ -92,7 +93,9 @@ class LiveView:
             f"[{now - self.t0:6.0f}s] in imu {rates['imu']:6.0f}/s kp {rates['kp']:4.0f}/s"
             f" | out {rates['angles'] / n_sub:5.1f} Hz x{n_sub}"
             f" | e2e p50 {lat.get('p50', float('nan')):5.1f} p99 {lat.get('p99', float('nan')):5.1f} ms"
-            f" | masked {_sum(totals.get('masked', {})):.0f} late {_sum(totals.get('late', {})):.0f}"
+            f" | masked imu {_sum(masked, lambda k: k[-1] == 'imu'):.0f}"
+            f" video {_sum(masked, lambda k: k[-1] == 'video'):.0f}"
+            f" late {_sum(totals.get('late', {})):.0f}"
             f" dropped {_sum(totals.get('dropped', {})):.0f} bad {_sum(totals.get('bad_input', {})):.0f}"
             f" | {first}: {angles}"
         )
