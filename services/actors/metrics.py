@@ -1,10 +1,11 @@
 """The metrics actor: one Prometheus endpoint for the whole pipeline.
 
 Stages do not talk to prometheus-client themselves (they live in other processes); each keeps a
-`MetricsBuffer` and sends its content here every ~250 ms. This actor owns the registry and the
-HTTP endpoint (default 127.0.0.1:9310), exports exactly the names of docs/TEAM_NOTES.md, and
-keeps the recent raw latencies so the live view and the bench can read exact percentiles
-(`snapshot()`), which histogram buckets cannot give.
+`MetricsBuffer` and sends its content here every `metrics.flush_ms` (500 ms). This actor owns
+the registry and the HTTP endpoint (default 127.0.0.1:9310), exports exactly the names of
+docs/TEAM_NOTES.md, and keeps the recent raw latencies and each sender's counter totals, so the
+live view and the bench can read exact percentiles and rates (`snapshot()`), which histogram
+buckets and a once-a-second difference of the totals cannot give.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 2.0  # snapshot()["rates"]: per second over this much of the latest reports
 RATE_KEEP_S = 10.0  # counter history kept for them
+_CountPoint = tuple[float, float, float]  # arrival here, sender's time, sender's running total
 
 LATENCY_BUCKETS = (
     0.001,
@@ -219,8 +221,7 @@ class Metrics:
         self._gauges: dict[str, dict[tuple[str, ...], float]] = defaultdict(dict)
         self._raw: dict[tuple[str, tuple[str, ...]], deque[tuple[float, np.ndarray]]] = {}
         # (sender, counter, labels) -> (arrival, sender's time, sender's running total): rates
-        self._counts: dict[tuple[str, str, tuple[str, ...]], deque[tuple[float, float, float]]]
-        self._counts = {}
+        self._counts: dict[tuple[str, str, tuple[str, ...]], deque[_CountPoint]] = {}
         self._keep_s = keep_s
         self._lock = threading.Lock()
         self._server = None
@@ -296,9 +297,9 @@ class Metrics:
         count is exact and so is its time span. A sender silent for a window reads 0.
         """
         out: dict[str, dict[str, float]] = defaultdict(dict)
+        start = now - RATE_WINDOW_S
         for (_, key, labels), dq in self._counts.items():
             name = "|".join(labels)
-            start = now - RATE_WINDOW_S
             recent = [p for p in dq if p[0] >= start]
             if not recent or now - recent[-1][0] > RATE_WINDOW_S:
                 rate = 0.0
