@@ -6,7 +6,7 @@ whose stream names, source ids and ports are unique to this test run. Checked:
 - the angles stream: type JointAngles, one channel per fusion.skeleton.ANGLES with its label;
 - rate: consecutive samples are exactly one model tick apart and arrive at ~60 Hz;
 - the Prometheus endpoint serves the gait_stream_ latency histograms with data, and few ticks
-  went out with a camera masked;
+  went out with a camera masked (under a quarter);
 - the angles track the ground truth: the default estimator (FusionNet; on the CPU its ONNX
   graph comes from the session's cache, exported once by the `fusionnet_onnx` fixture) states
   angles from its first ticks; the RMSE of the lower-limb sagittal angles against the
@@ -184,6 +184,7 @@ def test_start_serves_angles_metrics_and_tracks_truth(tmp_path: Path, fusionnet_
     assert "gait_stream_subjects_running 1.0" in metrics_text
     # the cameras' frames reach the ticks: a 30 fps camera's newest frame arrives 8-52 ms
     # after the tick it serves, and at a 25 ms tolerance 98 % of the ticks lacked a camera
+    # (at 60 ms: ~2-5 %, the start included; a quarter leaves room for a loaded machine)
     counts = {
         what: float(re.search(rf"{what}\{{{labels}\}} (\S+)", metrics_text).group(1))
         for what, labels in (
@@ -192,7 +193,7 @@ def test_start_serves_angles_metrics_and_tracks_truth(tmp_path: Path, fusionnet_
         )
     }
     masked_share = counts["gait_stream_masked_total"] / counts["gait_stream_output_samples_total"]
-    assert masked_share < 0.1, f"{masked_share:.0%} of the ticks had a camera masked"
+    assert masked_share < 0.25, f"{masked_share:.0%} of the ticks had a camera masked"
     for series in ("estimator_seconds", "estimator_tick_seconds"):  # per call and per tick
         m = re.search(rf'gait_stream_{series}_count\{{estimator="fusionnet"\}} (\S+)', metrics_text)
         assert m and float(m.group(1)) > 0, f"no gait_stream_{series} for fusionnet"
