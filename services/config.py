@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -257,7 +258,7 @@ def _convert(value: Any, tp: Any, source: str, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(source, key, f"expected a number, got {value!r}")
+            raise ConfigError(source, key, f"expected a number, got {value!r}{_yaml_hint(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -290,6 +291,42 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+#: durations that may be 0 (no wait, no hold) and those that must be positive: a negative or
+#: zero tolerance, gap or period would mask every camera, every IMU gap or every stream
+_AT_LEAST_0 = (
+    "sync.max_hold_ms",
+    "sync.max_wait_ms",
+    "sync.peer_wait_ms",
+    "sync.resolve_timeout_s",
+)
+_ABOVE_0 = (
+    "sync.imu_max_gap_ms",
+    "sync.video_tolerance_ms",
+    "sync.stale_after_ms",
+    "sync.clock_jump_s",
+    "metrics.flush_ms",
+)
+
+
+def _yaml_hint(value: Any) -> str:
+    """YAML 1.1 (PyYAML) reads 1e9 as text; say so where that is what happened."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return ""
+    return " (YAML reads a number like 1e9 as text: write 1.0e9)" if isinstance(value, str) else ""
+
+
+def _check_durations(cfg: Config) -> None:
+    for dotted in (*_AT_LEAST_0, *_ABOVE_0):
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        low_ok = value > 0 if dotted in _ABOVE_0 else value >= 0
+        if not (low_ok and math.isfinite(value)):  # NaN fails both comparisons
+            rule = "> 0" if dotted in _ABOVE_0 else ">= 0"
+            raise ConfigError(cfg.source, dotted, f"must be a finite number {rule}, got {value!r}")
+
+
 def _check(cfg: Config) -> None:
     """Cross-field rules a type check cannot express."""
     src = cfg.source
@@ -308,12 +345,7 @@ def _check(cfg: Config) -> None:
         )
     if not -20 <= cfg.model.nice <= 19:
         raise ConfigError(src, "model.nice", f"must be -20..19, got {cfg.model.nice!r}")
-    if cfg.sync.max_wait_ms < 0:
-        raise ConfigError(src, "sync.max_wait_ms", "must be >= 0")
-    if cfg.sync.peer_wait_ms < 0:
-        raise ConfigError(src, "sync.peer_wait_ms", "must be >= 0")
-    if cfg.sync.max_hold_ms < 0:
-        raise ConfigError(src, "sync.max_hold_ms", "must be >= 0")
+    _check_durations(cfg)
     for i, m in enumerate(cfg.sync.wait_for):
         if m not in MODALITIES:
             raise ConfigError(src, f"sync.wait_for[{i}]", f"must be one of {MODALITIES}")

@@ -229,3 +229,38 @@ def test_model_nice_is_a_niceness(tmp_path: Path) -> None:
     data["model"]["nice"] = -30
     err = error_for(tmp_path, data)
     assert err.key == "model.nice" and "-20..19" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value"),
+    [
+        ("sync", "video_tolerance_ms", -5.0),  # every camera masked on every tick
+        ("sync", "video_tolerance_ms", 0.0),
+        ("sync", "imu_max_gap_ms", 0.0),
+        ("sync", "stale_after_ms", float("nan")),
+        ("sync", "max_wait_ms", -1.0),
+        ("sync", "max_hold_ms", float("inf")),
+        ("metrics", "flush_ms", 0.0),
+    ],
+)
+def test_durations_out_of_range_name_the_key(
+    tmp_path: Path, section: str, name: str, value: float
+) -> None:
+    data = default_data()
+    data[section][name] = value
+    err = error_for(tmp_path, data)
+    assert err.key == f"{section}.{name}"
+    assert "must be a finite number" in str(err)
+
+
+def test_zero_waits_are_allowed(tmp_path: Path) -> None:
+    data = default_data()
+    data["sync"].update(max_wait_ms=0.0, peer_wait_ms=0.0, max_hold_ms=0.0)
+    assert load_config(write(tmp_path, data)).sync.max_wait_ms == 0.0
+
+
+def test_a_yaml_exponent_without_a_dot_gets_a_hint(tmp_path: Path) -> None:
+    text = DEFAULT_CONFIG.read_text().replace("video_tolerance_ms: 60.0", "video_tolerance_ms: 6e1")
+    err = error_for(tmp_path, text)
+    assert err.key == "sync.video_tolerance_ms"
+    assert "write 1.0e9" in str(err)
