@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from fusion.activities import ACTIVITIES
 from fusion.skeleton import SEGMENTS
 
 __all__ = [
@@ -291,15 +292,20 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-#: durations that may be 0 (no wait, no hold) and those that must be positive: a negative or
-#: zero tolerance, gap or period would mask every camera, every IMU gap or every stream
+#: numbers that may be 0 (no wait, no hold, no jitter) and those that must be positive: a
+#: negative or zero tolerance, gap or period masks every camera, IMU gap or stream
 _AT_LEAST_0 = (
     "sync.max_hold_ms",
     "sync.max_wait_ms",
     "sync.peer_wait_ms",
     "sync.resolve_timeout_s",
+    "simulate.jitter_ms",
 )
 _ABOVE_0 = (
+    "model.rate_hz",
+    "simulate.imu_rate",
+    "simulate.camera_rate",
+    "simulate.push_period_ms",  # 0 would push in a busy loop
     "sync.imu_max_gap_ms",
     "sync.video_tolerance_ms",
     "sync.stale_after_ms",
@@ -317,7 +323,7 @@ def _yaml_hint(value: Any) -> str:
     return " (YAML reads a number like 1e9 as text: write 1.0e9)" if isinstance(value, str) else ""
 
 
-def _check_durations(cfg: Config) -> None:
+def _check_numbers(cfg: Config) -> None:
     for dotted in (*_AT_LEAST_0, *_ABOVE_0):
         section, name = dotted.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -330,8 +336,7 @@ def _check_durations(cfg: Config) -> None:
 def _check(cfg: Config) -> None:
     """Cross-field rules a type check cannot express."""
     src = cfg.source
-    if cfg.model.rate_hz <= 0:
-        raise ConfigError(src, "model.rate_hz", "must be > 0")
+    _check_numbers(cfg)
     if cfg.model.lookahead < 0:
         raise ConfigError(src, "model.lookahead", "must be >= 0")
     if cfg.model.device not in ("auto", "cpu", "cuda"):
@@ -345,7 +350,6 @@ def _check(cfg: Config) -> None:
         )
     if not -20 <= cfg.model.nice <= 19:
         raise ConfigError(src, "model.nice", f"must be -20..19, got {cfg.model.nice!r}")
-    _check_durations(cfg)
     for i, m in enumerate(cfg.sync.wait_for):
         if m not in MODALITIES:
             raise ConfigError(src, f"sync.wait_for[{i}]", f"must be one of {MODALITIES}")
@@ -360,8 +364,10 @@ def _check(cfg: Config) -> None:
         for key in ("subjects", "n_cameras"):
             if getattr(sim, key) < (1 if key == "subjects" else 0):
                 raise ConfigError(src, f"simulate.{key}", "out of range")
-        if sim.imu_rate <= 0 or sim.camera_rate <= 0:
-            raise ConfigError(src, "simulate", "rates must be > 0")
+        if sim.activity not in ACTIVITIES:
+            raise ConfigError(
+                src, "simulate.activity", f"must be one of {ACTIVITIES}, got {sim.activity!r}"
+            )
         if not 0 <= sim.stance_sd_deg <= 30:
             raise ConfigError(src, "simulate.stance_sd_deg", "must be within 0-30 deg")
     if not cfg.subjects and not sim.enabled:

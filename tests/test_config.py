@@ -241,9 +241,13 @@ def test_model_nice_is_a_niceness(tmp_path: Path) -> None:
         ("sync", "max_wait_ms", -1.0),
         ("sync", "max_hold_ms", float("inf")),
         ("metrics", "flush_ms", 0.0),
+        ("model", "rate_hz", float("nan")),  # the actors died in their constructors
+        ("simulate", "jitter_ms", -1.0),
+        ("simulate", "push_period_ms", 0.0),  # a busy loop
+        ("simulate", "imu_rate", float("inf")),
     ],
 )
-def test_durations_out_of_range_name_the_key(
+def test_numbers_out_of_range_name_the_key(
     tmp_path: Path, section: str, name: str, value: float
 ) -> None:
     data = default_data()
@@ -264,3 +268,10 @@ def test_a_yaml_exponent_without_a_dot_gets_a_hint(tmp_path: Path) -> None:
     err = error_for(tmp_path, text)
     assert err.key == "sync.video_tolerance_ms"
     assert "write 1.0e9" in str(err)
+
+
+def test_an_unknown_simulated_activity_names_the_key(tmp_path: Path) -> None:
+    data = default_data()
+    data["simulate"]["activity"] = "dance"
+    err = error_for(tmp_path, data)
+    assert err.key == "simulate.activity" and "start_stop" in str(err)
