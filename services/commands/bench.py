@@ -39,6 +39,7 @@ import numpy as np
 import pylsl
 
 from fusion.skeleton import ANGLE_INDEX, LOWER_LIMB_ANGLES
+from services.commands.argtypes import at_least_0, at_least_1, positive
 from services.config import ConfigError, load_config, simulated_subjects
 
 __all__ = ["register", "run", "run_bench"]
@@ -55,9 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Run the simulated lab through the real pipeline and measure it from a "
         "separate LSL inlet.",
     )
-    p.add_argument("--subjects", type=int, default=1, help="subjects (default 1)")
-    p.add_argument("--seconds", type=float, default=30.0, help="measured seconds (default 30)")
-    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured start (default 3 s)")
+    p.add_argument("--subjects", type=at_least_1, default=1, help="subjects (default 1)")
+    p.add_argument("--seconds", type=positive, default=30.0, help="measured seconds (default 30)")
+    p.add_argument("--warmup", type=at_least_0, default=3.0, help="unmeasured start (default 3 s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--estimator",
@@ -69,10 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--find-max", action="store_true", help="raise --subjects until 60 Hz cannot be held"
     )
-    p.add_argument("--max-subjects", type=int, default=32, help="--find-max upper bound")
+    p.add_argument("--max-subjects", type=at_least_1, default=32, help="--find-max upper bound")
     p.add_argument(
         "--hold",
-        type=float,
+        type=positive,
         metavar="MINUTES",
         help="measure MINUTES (instead of --seconds) and judge every minute: 60 Hz held, "
         "nothing dropped",
@@ -568,9 +569,6 @@ def run(args: argparse.Namespace) -> int:
     if args.wake:
         os.environ["GAIT_STREAM_WAKE"] = args.wake  # before Ray starts: its workers inherit it
     seconds = args.seconds if args.hold is None else args.hold * 60.0
-    if seconds <= 0:
-        print("gait-stream bench: --seconds/--hold must be positive", file=sys.stderr)
-        return 2
     import ray
 
     try:

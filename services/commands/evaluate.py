@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.commands.argtypes import at_least_1
+
 __all__ = ["register", "run"]
 
 
@@ -36,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "file PATH as LABEL (e.g. fusionnet new=runs/train_fusionnet/fusionnet.pt)",
     )
     p.add_argument("--out", help="directory for evaluation.json and noise_sensitivity.png")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (2)")
+    p.add_argument(
+        "--workers", type=at_least_1, default=min(2, os.cpu_count() or 1), help="processes (2)"
+    )
     p.add_argument(
         "--backend",
         choices=("auto", "torch", "onnx"),
@@ -49,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="instead: model time per tick (p50/p99) for 1, 4, 16 subjects, torch vs ONNX, "
         "and a full-window recompute",
     )
-    p.add_argument("--ticks", type=int, default=300, help="--speed: ticks timed per row")
+    p.add_argument("--ticks", type=at_least_1, default=300, help="--speed: ticks timed per row")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -123,9 +127,6 @@ def _speed(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     from fusion.evaluation import MODEL_NAMES, EvalPlan, evaluate, is_neural, plot_noise
 
-    if args.workers < 1:
-        print("gait-stream evaluate: --workers must be >= 1", file=sys.stderr)
-        return 2
     if args.speed:
         return _speed(args)
     models = tuple(args.models or MODEL_NAMES)

@@ -32,6 +32,7 @@ import numpy as np
 import pylsl
 
 from fusion.skeleton import ANGLE_INDEX
+from services.commands.argtypes import at_least_0, at_least_1, positive
 from services.config import ConfigError, load_config, simulated_subjects
 
 __all__ = [
@@ -64,10 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "the pipeline on the simulated lab and print which node served each subject, "
         "subjects per node, output rate per subject and actor restarts.",
     )
-    p.add_argument("--nodes", type=int, default=3, help="Ray nodes incl. the head (default 3)")
-    p.add_argument("--subjects", type=int, default=3, help="simulated subjects (default 3)")
-    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds (default 10)")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured start (default 2 s)")
+    p.add_argument(
+        "--nodes", type=at_least_1, default=3, help="Ray nodes incl. the head (default 3)"
+    )
+    p.add_argument("--subjects", type=at_least_1, default=3, help="simulated subjects (default 3)")
+    p.add_argument("--seconds", type=positive, default=10.0, help="measured seconds (default 10)")
+    p.add_argument("--warmup", type=at_least_0, default=2.0, help="unmeasured start (default 2 s)")
     p.add_argument(
         "--inference-actors", default=None, help="auto or N (default: the config's value)"
     )
@@ -490,9 +493,6 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
         actors = int(actors)
-    if args.subjects < 1:
-        print("gait-stream placement: --subjects must be >= 1", file=sys.stderr)
-        return 2
     try:
         with _existing(args.address) if args.address else local_cluster(args.nodes):
             res = measure(

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from services.commands.argtypes import at_least_1
+
 __all__ = ["plot_gait", "register", "run", "stride_average"]
 
 PANELS = (
@@ -109,15 +111,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=Path("docs/gait_curves.png"), help="PNG path")
-    p.add_argument("--subjects", type=int, default=4, help="subjects per speed class (>= 1)")
+    p.add_argument("--subjects", type=at_least_1, default=4, help="subjects per speed class (>= 1)")
     p.add_argument("--seed", type=int, default=7, help="random seed")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.subjects < 1:
-        print(f"error: plot-gait: --subjects={args.subjects}: must be >= 1", file=sys.stderr)
-        return 2
     try:
         res = plot_gait(args.out, subjects=args.subjects, seed=args.seed)
     except (OSError, ValueError) as e:

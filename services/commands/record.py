@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from drivers.xdf_reader import parse_selector
 from drivers.xdf_record import XdfRecorder, find_streams
+from services.commands.argtypes import at_least_0, positive
 
 __all__ = ["register", "run"]
 
@@ -40,10 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SEL",
         help="stream selector: name=…,type=…,source_id=… (repeatable; default: all visible)",
     )
-    p.add_argument("--duration", type=float, help="stop after S seconds (default: Ctrl-C)")
-    p.add_argument("--wait", type=float, default=2.0, help="seconds to look for streams (2)")
-    p.add_argument("--offset-interval", type=float, default=5.0, help="clock offsets every S s")
-    p.add_argument("--boundary-interval", type=float, default=10.0, help="boundaries every S s")
+    p.add_argument("--duration", type=positive, help="stop after S seconds (default: Ctrl-C)")
+    p.add_argument("--wait", type=at_least_0, default=2.0, help="seconds to look for streams (2)")
+    p.add_argument("--offset-interval", type=positive, default=5.0, help="clock offsets every S s")
+    p.add_argument("--boundary-interval", type=positive, default=10.0, help="boundaries every S s")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from drivers.xdf_reader import XdfFormatError, load_xdf
 from drivers.xdf_replay import XdfReplayer, verify_replay
+from services.commands.argtypes import positive, tcp_port
 
 __all__ = ["add_pipeline_arguments", "register", "run", "run_with_pipeline"]
 
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", type=Path, help="XDF recording")
-    p.add_argument("--speed", type=float, default=1.0, help="playback speed factor (default 1)")
+    p.add_argument("--speed", type=positive, default=1.0, help="playback speed factor (default 1)")
     p.add_argument("--loop", action="store_true", help="start over at the end, forever")
     p.add_argument(
         "--select",
@@ -56,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="SEL",
         help="stream selector: name=…,type=…,source_id=… (repeatable; default: all streams)",
     )
-    p.add_argument("--max-seconds", type=float, help="replay only the first S s of the file")
+    p.add_argument("--max-seconds", type=positive, help="replay only the first S s of the file")
     p.add_argument(
         "--dejitter",
         action="store_true",
@@ -66,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--source-id-suffix", default="", help="append to every source id")
     p.add_argument("--skip-empty", action="store_true", help="no outlet for streams with no data")
     p.add_argument("--verify", action="store_true", help="measure timing on real LSL inlets")
-    p.add_argument("--tolerance-ms", type=float, default=1.0, help="--verify pass mark (ms)")
+    p.add_argument("--tolerance-ms", type=positive, default=1.0, help="--verify pass mark (ms)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_pipeline_arguments(p)
     p.set_defaults(func=run)
@@ -83,11 +84,11 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="pipeline config for --run-pipeline (YAML)")
     g.add_argument(
         "--duration",
-        type=float,
+        type=positive,
         help="with --run-pipeline: stop after S s (default: when the replay ends)",
     )
     g.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS or a local Ray)")
-    g.add_argument("--metrics-port", type=int, help="Prometheus port (overrides metrics.port)")
+    g.add_argument("--metrics-port", type=tcp_port, help="Prometheus port (overrides metrics.port)")
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from drivers.imu_replay import ImuArrayPublisher
 from drivers.qmt_fullbody import DEFAULT_RELATIVE_PATH, QmtFormatError, load_qmt_fullbody
+from services.commands.argtypes import at_least_0, positive, tcp_port
 from services.commands.replay import run_with_pipeline
 
 __all__ = ["default_file", "register", "run"]
@@ -52,8 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help=f"MAT-file (default: {default_file()})",
     )
-    p.add_argument("--start", type=float, default=0.0, help="start this many s into the file")
-    p.add_argument("--duration", type=float, default=None, help="replay this many s (default: all)")
+    p.add_argument("--start", type=at_least_0, default=0.0, help="start this many s into the file")
+    p.add_argument(
+        "--duration", type=positive, default=None, help="replay this many s (default: all)"
+    )
     g = p.add_argument_group("pipeline on the replayed streams")
     g.add_argument(
         "--run-pipeline",
@@ -63,10 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--config", help="pipeline config for --run-pipeline (configs/qmt_replay.yaml)")
     g.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS or a local Ray)")
-    g.add_argument("--metrics-port", type=int, help="Prometheus port (overrides metrics.port)")
+    g.add_argument("--metrics-port", type=tcp_port, help="Prometheus port (overrides metrics.port)")
     p.add_argument(
         "--speed",
-        type=float,
+        type=positive,
         default=1.0,
         help="replay speed factor (default 1). Values stay as recorded while timestamps are "
         "compressed, so only speed 1 is physically consistent for the estimators; use other "

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from fusion.skeleton import SEGMENTS
+from services.commands.argtypes import at_least_0, at_least_1, positive, tcp_port
 
 __all__ = ["register", "run"]
 
@@ -28,17 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="run the simulated lab alone (LSL IMUs, ZeroMQ keypoints, ground truth)",
         description="Publish the simulated lab's streams in real time for other programs.",
     )
-    p.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
-    p.add_argument("--subjects", type=int, default=1, help="subjects (default 1)")
+    p.add_argument("--duration", type=positive, help="seconds to run (default: until Ctrl-C)")
+    p.add_argument("--subjects", type=at_least_1, default=1, help="subjects (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--activity", default="start_stop", help="fusion.synth activity (default start_stop)"
     )
     p.add_argument("--prefix", default="sim", help="IMU stream name prefix (default sim)")
     p.add_argument("--cameras", type=int, default=4, help="cameras per subject (default 4)")
-    p.add_argument("--imu-rate", type=float, default=100.0)
-    p.add_argument("--camera-rate", type=float, default=30.0)
-    p.add_argument("--jitter-ms", type=float, default=0.5, help="timestamp jitter σ (ms)")
+    p.add_argument("--imu-rate", type=positive, default=100.0)
+    p.add_argument("--camera-rate", type=positive, default=30.0)
+    p.add_argument("--jitter-ms", type=at_least_0, default=0.5, help="timestamp jitter σ (ms)")
     p.add_argument(
         "--stance-sd",
         type=float,
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "without closing blocks the lab (default: liblsl's buffered outlets)",
     )
     p.add_argument(
-        "--zmq-port", type=int, help="first camera port (consecutive; default: free ports)"
+        "--zmq-port", type=tcp_port, help="first camera port (consecutive; default: free ports)"
     )
     p.add_argument("--calibration-out", help="write the camera calibration JSON here")
     p.add_argument("--config-out", help="write a `gait-stream start` config for this lab here")

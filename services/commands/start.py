@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from services.commands.argtypes import positive, tcp_port
 from services.config import ConfigError, load_config
 
 __all__ = ["LiveView", "estimator_details", "placement_lines", "register", "run"]
@@ -31,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "on LSL gait-stream/angles and ZeroMQ, Prometheus metrics on 127.0.0.1:9310.",
     )
     p.add_argument("--config", help="YAML config (default: the embedded configs/default.yaml)")
-    p.add_argument("--duration", type=float, help="stop after this many seconds (default: run)")
+    p.add_argument("--duration", type=positive, help="stop after this many seconds (default: run)")
     p.add_argument("--address", help="Ray address to join (default: RAY_ADDRESS or a local Ray)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (overrides metrics.port)")
+    p.add_argument("--metrics-port", type=tcp_port, help="Prometheus port (overrides metrics.port)")
     p.add_argument("--quiet", action="store_true", help="no live view")
     p.set_defaults(func=run)
 

@@ -18,6 +18,8 @@ import os
 import sys
 from dataclasses import replace
 
+from services.commands.argtypes import at_least_1, positive
+
 __all__ = ["register", "run"]
 
 
@@ -30,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, choices=("videonet", "imunet", "fusionnet"))
     p.add_argument("--preset", default="ship", help="training preset: tiny, ship (default ship)")
     p.add_argument("--out", default=None, help="output directory (default runs/train_MODEL)")
-    p.add_argument("--minutes", type=float, default=None, help="time budget (default: preset)")
+    p.add_argument("--minutes", type=positive, default=None, help="time budget (default: preset)")
     p.add_argument("--resume", default=None, help="resume from a last.pt checkpoint")
     p.add_argument("--seed", type=int, default=0, help="model/batch seed (default 0)")
     p.add_argument(
@@ -68,15 +70,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fusionnet: per-window probability of losing each whole modality (default: preset)",
     )
     p.add_argument(
-        "--val-every", type=int, default=None, help="validate every N steps (default: preset)"
+        "--val-every",
+        type=at_least_1,
+        default=None,
+        help="validate every N steps (default: preset)",
     )
     p.add_argument(
         "--pool-cache",
         default=None,
         help="where the generated training pool is cached (default runs/nn_pool/PRESET.npz)",
     )
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--workers", type=at_least_1, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--threads", type=at_least_1, default=1, help="torch threads (default 1)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -92,12 +97,6 @@ def run(args: argparse.Namespace) -> int:
             f"{sorted(PRESETS)}",
             file=sys.stderr,
         )
-        return 2
-    if args.minutes is not None and args.minutes <= 0:
-        print(f"gait-stream train: --minutes={args.minutes}: must be > 0", file=sys.stderr)
-        return 2
-    if args.workers < 1 or args.threads < 1:
-        print("gait-stream train: --workers and --threads must be >= 1", file=sys.stderr)
         return 2
     overrides = {
         "warm_lr_scale": args.warm_lr_scale,
@@ -116,9 +115,6 @@ def run(args: argparse.Namespace) -> int:
             f"gait-stream train: --modality-dropout={args.modality_dropout}: need 0..0.5",
             file=sys.stderr,
         )
-        return 2
-    if args.val_every is not None and args.val_every < 1:
-        print(f"gait-stream train: --val-every={args.val_every}: must be >= 1", file=sys.stderr)
         return 2
     preset = replace(PRESETS[args.preset], **overrides)
     out = args.out or f"runs/train_{args.model}"
