@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from fusion.orientation import FilterConfig, OrientationFilter, orientation_errors, quat_multiply
+from services.commands.argtypes import at_least_1, positive
 
 __all__ = ["load_broad_trial", "register", "run"]
 
@@ -81,12 +82,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", type=Path, default=None, help="BROAD HDF5 folder")
-    p.add_argument("--sensors", type=int, default=13, help="sensors per subject (13)")
+    p.add_argument("--sensors", type=at_least_1, default=13, help="sensors per subject (13)")
     p.add_argument("--subjects", default="1,4,16", help="subject counts to time (1,4,16)")
-    p.add_argument("--samples", type=int, default=1000, help="samples per timing run (1000)")
+    p.add_argument("--samples", type=at_least_1, default=1000, help="samples per timing run (1000)")
     p.add_argument("--no-marg", action="store_true", help="skip the (slower) 9-D runs")
     p.add_argument("--no-estimator", action="store_true", help="skip the estimator timing")
-    p.add_argument("--max-seconds", type=float, default=None, help="truncate BROAD trials")
+    p.add_argument("--max-seconds", type=positive, default=None, help="truncate BROAD trials")
     p.set_defaults(func=run)
 
 

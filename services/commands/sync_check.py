@@ -23,6 +23,7 @@ import numpy as np
 from drivers.xdf_reader import XdfFormatError, load_xdf
 from fusion.align import align_recording
 from fusion.sync_sim import simulate_live_alignment
+from services.commands.argtypes import at_least_0, positive
 
 __all__ = ["register", "run"]
 
@@ -36,10 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("file", type=Path, nargs="?", help="XDF recording to check against pyxdf")
     p.add_argument("--simulate", action="store_true", help="simulated live streams, known truth")
-    p.add_argument("--seconds", type=float, default=60.0, help="simulated duration (60)")
-    p.add_argument("--warmup", type=float, default=10.0, help="excluded warm-up seconds (10)")
+    p.add_argument("--seconds", type=positive, default=60.0, help="simulated duration (60)")
+    p.add_argument("--warmup", type=at_least_0, default=10.0, help="excluded warm-up seconds (10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target-ms", type=float, default=2.0, help="p99 pass mark (2 ms)")
+    p.add_argument("--target-ms", type=positive, default=2.0, help="p99 pass mark (2 ms)")
     p.add_argument("--select", action="append", default=[], metavar="SEL")
     p.set_defaults(func=run)
 
