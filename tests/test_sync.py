@@ -208,6 +208,35 @@ def test_a_camera_whose_frames_arrive_late_still_reaches_the_ticks(
     assert SyncConfig().video_tolerance_ms == 60.0
 
 
+def test_a_camera_that_vanishes_is_masked_and_counted_and_back_when_it_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The camera stops for a second (its process restarted, say) while the IMU goes on: the
+    ticks keep going out at the IMU's pace, the camera masked (counted as masked video),
+    and once its frames come back so does the camera, from the first tick they reach."""
+    from services.actors.metrics import MetricsBuffer
+
+    clock = _Clock(1000.0)
+    sync, sink = _sync_stage(monkeypatch, clock, "event", causal=True, cameras=("cam0",))
+    sync.buf = MetricsBuffer()
+    imu = [(t + 2e-4, _imu_msg(np.array([t]), t + 2e-4)) for t in 1000 + np.arange(400) / 100]
+    frames = 1000 + 0.004 + np.arange(120) / 30
+    gone = (frames > 1001.5) & (frames < 1002.5)
+    cam = [(t + 0.020, _keypoints_msg(t, t + 0.020)) for t in frames[~gone]]
+    for at, msg in sorted(imu + cam, key=lambda a: a[0]):
+        clock.t = at
+        sync.step([msg])
+    t = np.concatenate([b.t for m in sink.msgs for b in m.batches.values()])
+    seen = np.concatenate([b.keypoint_mask[:, 0] for m in sink.msgs for b in m.batches.values()])
+    assert np.allclose(np.diff(t), 1 / 60), "the ticks go on through the gap"
+    assert t[-1] > 1003.9
+    assert seen[(t > 1000.5) & (t < 1001.5)].all()
+    assert not seen[(t > 1001.6) & (t < 1002.4)].any(), "no frame within 60 ms: masked"
+    assert seen[(t > 1002.6)].all(), "back with its frames"
+    masked = sync.buf.take()["inc"][("masked", ("s0", "video"))]
+    assert masked == np.count_nonzero(~seen)
+
+
 @pytest.mark.parametrize("wake", ["event", "timer"])
 def test_tick_goes_out_when_raw_stamp_jitters_just_before_it(
     monkeypatch: pytest.MonkeyPatch, wake: str
