@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +25,6 @@ from typing import Any
 
 import yaml
 
-from fusion.activities import ACTIVITIES
 from fusion.skeleton import SEGMENTS
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "SimulateConfig",
     "SubjectConfig",
     "SyncConfig",
+    "lab_spec",
     "load_config",
     "parse_config",
     "simulated_subjects",
@@ -303,8 +304,6 @@ _AT_LEAST_0 = (
 )
 _ABOVE_0 = (
     "model.rate_hz",
-    "simulate.imu_rate",
-    "simulate.camera_rate",
     "simulate.push_period_ms",  # 0 would push in a busy loop
     "sync.imu_max_gap_ms",
     "sync.video_tolerance_ms",
@@ -316,21 +315,25 @@ _ABOVE_0 = (
 
 def _yaml_hint(value: Any) -> str:
     """YAML 1.1 (PyYAML) reads 1e9 as text; say so where that is what happened."""
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return ""
-    return " (YAML reads a number like 1e9 as text: write 1.0e9)" if isinstance(value, str) else ""
+    if isinstance(value, str):
+        try:
+            float(value)
+            return " (YAML reads a number like 1e9 as text: write 1.0e9)"
+        except ValueError:
+            pass
+    return ""
 
 
 def _check_numbers(cfg: Config) -> None:
-    for dotted in (*_AT_LEAST_0, *_ABOVE_0):
-        section, name = dotted.split(".")
-        value = getattr(getattr(cfg, section), name)
-        low_ok = value > 0 if dotted in _ABOVE_0 else value >= 0
-        if not (low_ok and math.isfinite(value)):  # NaN fails both comparisons
-            rule = "> 0" if dotted in _ABOVE_0 else ">= 0"
-            raise ConfigError(cfg.source, dotted, f"must be a finite number {rule}, got {value!r}")
+    rules = ((_AT_LEAST_0, ">= 0", lambda v: v >= 0), (_ABOVE_0, "> 0", lambda v: v > 0))
+    for names, rule, ok in rules:
+        for dotted in names:
+            section, name = dotted.split(".")
+            value = getattr(getattr(cfg, section), name)
+            if not (math.isfinite(value) and ok(value)):
+                raise ConfigError(
+                    cfg.source, dotted, f"must be a finite number {rule}, got {value!r}"
+                )
 
 
 def _check(cfg: Config) -> None:
@@ -361,15 +364,12 @@ def _check(cfg: Config) -> None:
         raise ConfigError(src, "ray.num_cpus", "must be >= 1")
     sim = cfg.simulate
     if sim.enabled:
-        for key in ("subjects", "n_cameras"):
-            if getattr(sim, key) < (1 if key == "subjects" else 0):
-                raise ConfigError(src, f"simulate.{key}", "out of range")
-        if sim.activity not in ACTIVITIES:
-            raise ConfigError(
-                src, "simulate.activity", f"must be one of {ACTIVITIES}, got {sim.activity!r}"
-            )
-        if not 0 <= sim.stance_sd_deg <= 30:
-            raise ConfigError(src, "simulate.stance_sd_deg", "must be within 0-30 deg")
+        try:
+            lab_spec(sim)
+        except ValueError as exc:  # LabSpec names the field: "LabSpec.<field>=…: …"
+            field = re.match(r"LabSpec\.(\w+)=", str(exc))
+            key = f"simulate.{field.group(1)}" if field else "simulate"
+            raise ConfigError(src, key, str(exc)) from None
     if not cfg.subjects and not sim.enabled:
         raise ConfigError(src, "subjects", "missing: no subjects and no simulated lab")
     if cfg.subjects and sim.enabled and len(cfg.subjects) != sim.subjects:
@@ -441,6 +441,22 @@ def load_config(path: str | Path | None = None) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigError(source, "", f"not valid YAML: {exc}") from exc
     return parse_config(data, source)
+
+
+def lab_spec(sim: SimulateConfig) -> Any:
+    """The fusion.synth.LabSpec that `sim` describes; it checks the values (a ValueError
+    naming the field), so the config refuses at load what the lab would refuse at start."""
+    from fusion.synth import LabSpec
+
+    return LabSpec(
+        subjects=sim.subjects,
+        imu_rate=sim.imu_rate,
+        camera_rate=sim.camera_rate,
+        n_cameras=sim.n_cameras,
+        seed=sim.seed,
+        activity=sim.activity,
+        stance_sd_deg=sim.stance_sd_deg,
+    )
 
 
 def simulated_subjects(sim: SimulateConfig, run_tag: str | None = None) -> list[SubjectConfig]:

@@ -36,7 +36,7 @@ from typing import Any
 
 import pylsl
 
-from services.config import Config, simulated_subjects
+from services.config import Config, lab_spec, simulated_subjects
 
 __all__ = ["Pipeline", "run_pipeline", "update_placement"]
 
@@ -167,24 +167,14 @@ def _prepare(config: Config, run_tag: str | None) -> tuple[Config, Any, list[Any
                 raise ValueError(f"{cfg.source}: calibration: {exc}") from None
         return cfg, None, cameras
     from drivers.simlab import SimulatedLab, default_run_tag
-    from fusion.synth import LabSpec
 
     sim = cfg.simulate
     tag = run_tag or sim.run_tag or default_run_tag()
     if not cfg.subjects:
         cfg.subjects = simulated_subjects(sim, tag)
     fixed = {c.camera: c.endpoint for s in cfg.subjects for c in s.cameras if c.endpoint != "auto"}
-    spec = LabSpec(
-        subjects=sim.subjects,
-        imu_rate=sim.imu_rate,
-        camera_rate=sim.camera_rate,
-        n_cameras=sim.n_cameras,
-        seed=sim.seed,
-        activity=sim.activity,
-        stance_sd_deg=sim.stance_sd_deg,
-    )
     lab = SimulatedLab(
-        spec,
+        lab_spec(sim),
         imu_stream_prefix=sim.imu_stream_prefix,
         zmq_endpoints=fixed,
         jitter_s=sim.jitter_ms / 1e3,

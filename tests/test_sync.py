@@ -214,11 +214,8 @@ def test_a_camera_that_vanishes_is_masked_and_counted_and_back_when_it_returns(
     """The camera stops for a second (its process restarted, say) while the IMU goes on: the
     ticks keep going out at the IMU's pace, the camera masked (counted as masked video),
     and once its frames come back so does the camera, from the first tick they reach."""
-    from services.actors.metrics import MetricsBuffer
-
     clock = _Clock(1000.0)
     sync, sink = _sync_stage(monkeypatch, clock, "event", causal=True, cameras=("cam0",))
-    sync.buf = MetricsBuffer()
     imu = [(t + 2e-4, _imu_msg(np.array([t]), t + 2e-4)) for t in 1000 + np.arange(400) / 100]
     frames = 1000 + 0.004 + np.arange(120) / 30
     gone = (frames > 1001.5) & (frames < 1002.5)

@@ -346,9 +346,8 @@ class Stage:
         self._last_flush = now
         self.buf.set("queue_depth", (self.stage,), len(self._inbox))
         payload = self.buf.take()
-        if payload:
-            payload["sender"] = self.incarnation  # rates are taken on each sender's own clock
         if payload and self.metrics is not None:
+            payload["sender"] = self.incarnation  # rates are taken on each sender's own clock
             try:
                 self.metrics.report.remote(payload)
             except Exception as exc:  # metrics must never stop the data path

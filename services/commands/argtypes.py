@@ -31,7 +31,6 @@ def _rule(kind: type, ok: Callable[[float], bool], words: str) -> Callable[[str]
             raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
         return value
 
-    parse.__name__ = f"{kind.__name__} {words}"  # argparse names the type in some messages
     return parse
 
 
